@@ -101,6 +101,8 @@ class TrainConfig(_Section):
     # Wall-clock budget for the training loop; stops cleanly (checkpoint, eval, summary).
     max_minutes: float | None = Field(None, gt=0.0)
     workers: int = Field(1, ge=1, le=4096)
+    # Ray placement of the workers: PACK fills a node first, SPREAD puts them on distinct nodes.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # None: use GPUs when the cluster has them.
     use_gpu: bool | None = None
     # None: CPUs of the machine divided among the workers (at least 1).
@@ -204,8 +206,8 @@ def debug() -> Config:
     cfg.model.d_width = 8
     cfg.data.resolution = 16
     cfg.train.batch_size_per_worker = 16
-    cfg.train.kimg = None
     cfg.train.steps = 8
+    cfg.train.kimg = None
     cfg.train.report_every_kimg = 0.064
     cfg.train.checkpoint_every_kimg = 0.128
     cfg.eval.features = "none"

@@ -1,0 +1,150 @@
+"""The on-disk checkpoint format: save, load, find. Knows folders, not Ray.
+
+A checkpoint is a directory:
+    state.pt               torch.save of tensors, numbers and plain containers only, so it
+                           loads with weights_only=True (no pickled code ever executes)
+    generator.safetensors  the sampling generator (EMA weights when EMA is on) for export
+    config.yaml            the resolved config
+    meta.json              {"step", "kimg", "fid"} for humans and tools
+Files are written to a temporary name and renamed, so a crash never leaves a half-written file
+under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ganray.config import Config, from_dict
+
+STATE_FILE = "state.pt"
+GENERATOR_FILE = "generator.safetensors"
+_CKPT_RE = re.compile(r"^checkpoint_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or unsafe; the message names the file."""
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def save(directory: str | Path, state: dict[str, Any], cfg: Config, sample_state_dict: dict) -> Path:
+    """Write a checkpoint into `directory` (created). `state` must be weights_only-safe."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(d / STATE_FILE, lambda f: torch.save(state, f))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sample_state_dict.items()}
+    tmp = d / f".{GENERATOR_FILE}.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "ganray-generator-v1"})
+    os.replace(tmp, d / GENERATOR_FILE)
+    _atomic_write_bytes(d / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
+    meta = {"step": state.get("step"), "kimg": state.get("images_seen", 0) / 1000, "fid": state.get("fid"),
+            "num_classes": state.get("num_classes")}
+    _atomic_write_bytes(d / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+    return d
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle opcode, or an unsafe global
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
+def load_config(directory: str | Path) -> Config:
+    path = Path(directory) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint config {path} is missing")
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders of a run, oldest first (by step in the folder name)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """Lowest FID among a run's checkpoints, else the latest."""
+    ckpts = list_checkpoints(run_dir)
+    scored = []
+    for p in ckpts:
+        try:
+            fid = json.loads((p / "meta.json").read_text()).get("fid")
+        except (OSError, ValueError):
+            continue
+        if fid is not None:
+            scored.append((fid, p))
+    if scored:
+        return min(scored)[1]
+    return ckpts[-1] if ckpts else None
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder (best, else latest)."""
+    p = Path(path)
+    if (p / STATE_FILE).is_file() or (p / GENERATOR_FILE).is_file():
+        return p
+    if p.is_dir():
+        best = best_checkpoint(p)
+        if best is not None:
+            return best
+        raise CheckpointError(f"{p} holds no checkpoint (no checkpoint_* folders)")
+    raise CheckpointError(f"checkpoint path {p} does not exist")
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu"):
+    """(G in eval mode with the sampling weights, Config) from a checkpoint or run folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ganray.models import build_generator
+
+    d = resolve(path)
+    cfg = load_config(d)
+    meta_classes = None
+    meta_path = d / "meta.json"
+    if meta_path.is_file():
+        meta_classes = json.loads(meta_path.read_text()).get("num_classes")
+    num_classes = cfg.data.num_classes or meta_classes
+    G = build_generator(cfg.model, cfg.data, num_classes if cfg.model.conditional else None)
+    try:
+        G.load_state_dict(load_file(str(d / GENERATOR_FILE)))
+    except (OSError, SafetensorError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load generator weights {d / GENERATOR_FILE}: {e}") from None
+    return G.to(device).eval(), cfg

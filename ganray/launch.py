@@ -1,0 +1,280 @@
+"""Driver side of a training run: Ray start-up, the dataset, the TorchTrainer, the summary.
+
+Nothing here runs on the workers except `ProgressCallback`, which runs in Ray Train's
+controller actor and forwards rank 0's reports to the driver for the progress line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganray.config import Config
+from ganray.runfolder import RunFolder, run_path, storage_root
+
+
+class RunError(RuntimeError):
+    """A run could not start or failed; the message is meant for the user as is."""
+
+
+def default_name(cfg: Config) -> str:
+    src = cfg.data.source.rstrip("/").split("/")[-1] or "data"
+    src = "".join(c if c.isalnum() or c in "._-" else "-" for c in src)[:40]
+    return f"{src}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = True) -> None:
+    """Connect to the cluster named by RAY_ADDRESS/--address, else start a local instance.
+
+    A local instance advertises one logical CPU more than the workers need, so Ray Data
+    tasks always have a slot next to the training workers (otherwise they can starve).
+    The dashboard stays off locally (faster start); when on, Ray binds it to 127.0.0.1.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = dict(log_to_driver=not quiet, configure_logging=True, logging_level="ERROR")
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    cpus = os.cpu_count() or 1
+    ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False, **kwargs)
+
+
+def threads_per_worker(cfg: Config) -> int:
+    if cfg.train.threads_per_worker:
+        return cfg.train.threads_per_worker
+    return max(1, (os.cpu_count() or 1) // cfg.train.workers)
+
+
+def _use_gpu(cfg: Config) -> bool:
+    import ray
+
+    if cfg.train.use_gpu is not None:
+        return cfg.train.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+class ProgressCallback:
+    """Forwards rank 0's metrics from Ray Train's controller to the driver's queue."""
+
+    def __new__(cls, queue):
+        from ray.train import UserCallback
+
+        class _Cb(UserCallback):
+            def __init__(self, q):
+                self.q = q
+
+            def after_report(self, run_context, metrics, checkpoint):
+                row = dict(metrics[0])
+                row["checkpoint"] = checkpoint.path if checkpoint is not None else None
+                try:
+                    self.q.put_nowait(row)
+                except Exception:  # a full or gone queue must never fail the run
+                    pass
+
+        return _Cb(queue)
+
+
+def _format_progress(row: dict, total_kimg: float | None) -> str:
+    kimg = row.get("kimg", 0.0)
+    of = f"/{total_kimg:g}" if total_kimg else ""
+    parts = [f"kimg {kimg:.2f}{of}", f"step {row.get('step', 0)}", f"{row.get('img_per_s', 0):.0f} img/s",
+             f"loss D {row.get('loss_d', float('nan')):.3f} G {row.get('loss_g', float('nan')):.3f}",
+             f"D(x) {row.get('d_real', float('nan')):+.2f} D(G(z)) {row.get('d_fake', float('nan')):+.2f}"]
+    if row.get("fid") is not None:
+        parts.append(f"FID {row['fid']:.2f}")
+    return " | ".join(parts)
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    name: str
+    run_dir: str
+    dataset: Any
+    info: Any
+    loop_config: dict
+
+
+def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
+    """Everything checked before any worker starts: names, folders, data, evaluation."""
+    from ganray.data import load_dataset
+
+    name = cfg.run.name or default_name(cfg)
+    cfg = cfg.model_copy(deep=True)
+    cfg.run.name = name
+    run_dir = run_path(cfg.run.out, name)
+    local = "://" not in run_dir
+    exists = local and any(Path(run_dir).glob("checkpoint_*")) or (local and (Path(run_dir) / "metrics.csv").exists())
+    if exists and not resume:
+        raise RunError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --name")
+    if resume and local and not Path(run_dir).is_dir():
+        raise RunError(f"--resume: no run named {name!r} under {storage_root(cfg.run.out)}")
+    dataset, info = load_dataset(cfg.data)
+    num_classes = cfg.data.num_classes or info.num_classes
+    if cfg.model.conditional and not num_classes:
+        raise RunError(f"model.conditional=true needs labels, but data {cfg.data.source!r} has none")
+    if info.num_rows < cfg.train.batch_size_per_worker * cfg.train.workers:
+        raise RunError(
+            f"data {cfg.data.source!r} has {info.num_rows} images, fewer than workers x batch_size_per_worker "
+            f"= {cfg.train.workers} x {cfg.train.batch_size_per_worker}"
+        )
+    loop_config = {
+        "config": cfg.to_dict(),
+        "run_dir": run_dir,
+        "num_classes": num_classes,
+        "threads": threads_per_worker(cfg),
+        "fallback_checkpoints": _local_checkpoints(run_dir) if resume else [],
+        "eval": _prepare_eval(cfg, info),
+    }
+    return Prepared(cfg, name, run_dir, dataset, info, loop_config)
+
+
+def _local_checkpoints(run_dir: str) -> list[str]:
+    from ganray.checkpoint import list_checkpoints
+
+    return [str(p) for p in reversed(list_checkpoints(run_dir))]
+
+
+def _prepare_eval(cfg: Config, info) -> dict | None:
+    if cfg.eval.features == "none":
+        return None
+    try:
+        from ganray.metrics.training import prepare_eval
+    except ImportError:
+        return None
+    return prepare_eval(cfg, info)
+
+
+def build_trainer(p: Prepared, *, callbacks=()):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ganray.train_loop import train_worker
+
+    cfg = p.cfg
+    use_gpu = _use_gpu(cfg)
+    evaluating = p.loop_config["eval"] is not None
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=p.loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})},
+            placement_strategy=cfg.train.placement_strategy,
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        datasets={"train": p.dataset},
+        run_config=ray.train.RunConfig(
+            name=p.name,
+            storage_path=storage_root(cfg.run.out),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute="fid" if evaluating else None,
+                checkpoint_score_order="min",
+            ),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def describe_failure(err: BaseException) -> str:
+    """Name the failing rank(s) and the original exception, not only Ray's wrapper."""
+    failures = getattr(err, "worker_failures", None)
+    if failures is None and getattr(err, "__cause__", None) is not None:
+        failures = getattr(err.__cause__, "worker_failures", None)
+    if failures:
+        lines = []
+        for rank, exc in sorted(failures.items()):
+            cause = getattr(exc, "cause", None) or exc
+            msg = str(cause).strip().splitlines()
+            lines.append(f"worker rank {rank}: {type(cause).__name__}: {msg[-1] if msg else ''}")
+        return "training failed\n  " + "\n  ".join(lines)
+    text = str(err).strip().splitlines()
+    return f"training failed: {type(err).__name__}: {text[-1] if text else ''}"
+
+
+def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, address: str | None = None) -> dict:
+    """Train; write summary.json; return the summary. Raises RunError on failure."""
+    t_cmd = time.time()
+    ensure_ray(cfg.train.workers, address=address)
+    from ray.util.queue import Queue
+
+    p = prepare(cfg, resume=resume)
+    run = RunFolder(p.run_dir)
+    run.write_text("config.yaml", p.cfg.to_yaml())
+    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    trainer = build_trainer(p, callbacks=[ProgressCallback(queue)])
+    outcome: dict[str, Any] = {}
+
+    def _fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # reported by the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=_fit, daemon=True)
+    thread.start()
+    last: dict = {}
+    total_kimg = p.cfg.train.kimg
+    while thread.is_alive() or not queue.empty():
+        try:
+            row = queue.get(timeout=0.5)
+        except Exception:
+            continue
+        last = row
+        if progress:
+            line = _format_progress(row, total_kimg)
+            sys.stdout.write("\r" + line[:200].ljust(120) if sys.stdout.isatty() else line + "\n")
+            sys.stdout.flush()
+    thread.join()
+    if progress and sys.stdout.isatty():
+        sys.stdout.write("\n")
+    summary = _summary(p, last, outcome, t_cmd, run)
+    run.write_json("summary.json", summary)
+    if "error" in outcome:
+        raise RunError(describe_failure(outcome["error"]))
+    return summary
+
+
+def _summary(p: Prepared, last: dict, outcome: dict, t_cmd: float, run: RunFolder) -> dict:
+    result = outcome.get("result")
+    final = result.checkpoint.path if result is not None and result.checkpoint else last.get("checkpoint")
+    best = None
+    if result is not None and getattr(result, "best_checkpoints", None):
+        scored = [(m.get("fid"), c.path) for c, m in result.best_checkpoints if m.get("fid") is not None]
+        best = min(scored)[1] if scored else None
+    run.load_metrics(None)
+    fids = [r["fid"] for r in run.rows if isinstance(r.get("fid"), (int, float))]
+    workers = json.loads((run.read_bytes("workers.json") or b"{}").decode() or "{}")
+    wall = time.time() - t_cmd
+    kimg = float(last.get("kimg", 0.0))
+    train_s = float(last.get("wall_s", 0.0)) or wall
+    return {
+        "name": p.name,
+        "data": p.cfg.data.source,
+        "status": "failed" if "error" in outcome else ("stopped" if last.get("stop_reason") == "max_minutes" else "finished"),
+        "stop_reason": "error" if "error" in outcome else last.get("stop_reason", "completed"),
+        "error": describe_failure(outcome["error"]) if "error" in outcome else None,
+        "steps": int(last.get("step", 0)),
+        "kimg": kimg,
+        "wall_s": wall,
+        "train_s": train_s,
+        "img_per_s": kimg * 1000 / train_s if train_s else 0.0,
+        "best_fid": min(fids) if fids else None,
+        "best_checkpoint": best or final,
+        "final_checkpoint": final,
+        "worker_nodes": workers.get("nodes", []),
+        "run_dir": p.run_dir,
+    }

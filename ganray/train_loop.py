@@ -1,0 +1,333 @@
+"""The per-worker function TorchTrainer runs; the only worker-side caller of ray.train.
+
+Reads top to bottom like the PyTorch DCGAN example: (1) update D, (2) update G, then
+bookkeeping. Ray appears at the edges only: context, dataset shard, checkpoint, report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ganray import checkpoint as ckpt_io
+from ganray import dist
+from ganray.augment import diff_augment
+from ganray.config import Config, from_dict
+from ganray.runfolder import RunFolder, image_grid, to_uint8
+from ganray.state import TrainState, build_state
+from ganray.steps import Precision, lr_factor, train_step
+
+GRID_SIZE = 64
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite gradients too often; rollbacks did not help."""
+
+
+def _noise_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    # Distinct, reproducible streams per (seed, rank, step): a resumed run draws the same noise.
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + stream * 15_485_863) % (2**63 - 1)
+
+
+def _batches(shard, cfg: Config, rank: int, device: torch.device, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (real, labels) batches; each epoch reshuffled with a seed from the run seed."""
+    while True:
+        it = shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size_per_worker,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
+            local_shuffle_seed=_noise_seed(cfg.train.seed, rank, epoch, stream=1) % (2**31),
+            prefetch_batches=2,
+            device=device,
+            pin_memory=device.type == "cuda",
+        )
+        got = False
+        for batch in it:
+            got = True
+            yield batch["image"], batch["label"]
+        if not got:
+            raise RuntimeError(
+                f"worker {rank} received no full batch of {cfg.train.batch_size_per_worker} images: "
+                "the dataset is smaller than workers x batch_size_per_worker"
+            )
+        epoch += 1
+
+
+def _total_steps(cfg: Config, world: int) -> int:
+    per_step = cfg.train.batch_size_per_worker * world * cfg.optim.d_steps
+    limits = []
+    if cfg.train.kimg is not None:
+        limits.append(math.ceil(cfg.train.kimg * 1000 / per_step))
+    if cfg.train.steps is not None:
+        limits.append(cfg.train.steps)
+    return min(limits) if limits else 2**62  # max_minutes alone
+
+
+class _Every:
+    """Fires each time images_seen crosses a multiple of `kimg`."""
+
+    def __init__(self, kimg: float | None, images_seen: int):
+        self.every = None if kimg is None else max(int(kimg * 1000), 1)
+        self.next = None if self.every is None else (images_seen // self.every + 1) * self.every
+
+    def due(self, images_seen: int) -> bool:
+        if self.next is None or images_seen < self.next:
+            return False
+        self.next = (images_seen // self.every + 1) * self.every
+        return True
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(int(loop_config.get("threads", 1)))
+    device = ray.train.torch.get_device()
+    prec = Precision.create(cfg.train.precision, device)
+
+    st = build_state(cfg, loop_config.get("num_classes"), device)
+    _restore(st, ray.train.get_checkpoint(), loop_config.get("fallback_checkpoints", []))
+    if cfg.model.sync_batchnorm and world > 1:
+        st.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(st.G)
+        st.D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(st.D)
+    G = dist.wrap_ddp(st.G, device)
+    D = dist.wrap_ddp(st.D, device)
+    if cfg.train.compile:
+        G, D = torch.compile(G), torch.compile(D)
+
+    run = RunFolder(loop_config["run_dir"]) if rank == 0 else None
+    tracker = None
+    if run is not None:
+        run.load_metrics(upto_step=st.step)
+        tracker = _make_tracker(loop_config["run_dir"], cfg, st.step)
+        _record_workers(run, world)
+    else:
+        _record_workers(None, world)
+    evaluator = _make_evaluator(cfg, loop_config, device)
+
+    batches = _batches(ray.train.get_dataset_shard("train"), cfg, rank, device, epoch=st.step)
+    B, conditional = cfg.train.batch_size_per_worker, cfg.model.conditional
+    images_per_step = B * world * cfg.optim.d_steps
+    total_steps = _total_steps(cfg, world)
+    z_fixed = torch.randn(GRID_SIZE, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)).to(device)
+    labels_fixed = (torch.arange(GRID_SIZE) % st.num_classes).to(device) if conditional else None
+    report_every = _Every(cfg.train.report_every_kimg, st.images_seen)
+    ckpt_every = _Every(cfg.train.checkpoint_every_kimg, st.images_seen)
+    eval_every = _Every(cfg.eval.every_kimg or cfg.train.checkpoint_every_kimg, st.images_seen) if evaluator else None
+    good = st.snapshot()
+    consecutive_bad = 0
+    acc: dict[str, torch.Tensor] = {}
+    n_acc, wait_s, t_report, t_start = 0, 0.0, time.perf_counter(), time.perf_counter()
+    budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+    stop_reason = "completed"
+
+    while st.step < total_steps:
+        progress = st.step / total_steps if total_steps < 2**62 else 0.0
+        for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, progress)
+        gen = torch.Generator(device).manual_seed(_noise_seed(cfg.train.seed, rank, st.step))
+        augment = _augment_fn(cfg, st, gen)
+
+        # (1) update D: maximise log D(x) + log(1 - D(G(z))) -- d_steps real batches, on logits;
+        # (2) update G: maximise log D(G(z)) (non-saturating) through the frozen, unwrapped D.
+        reals = []
+        for _ in range(cfg.optim.d_steps):
+            t0 = time.perf_counter()
+            real, labels = next(batches)
+            wait_s += time.perf_counter() - t0
+            reals.append((real, labels if conditional else None))
+        n_z = cfg.optim.d_steps + (1 if cfg.optim.d_steps > 1 else 0)
+        zs = [torch.randn(B, cfg.model.latent_dim, device=device, generator=gen) for _ in range(n_z)]
+        values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=st.step, prec=prec,
+                                 augment=augment, generator=gen)
+
+        # (3) Bookkeeping: NaN guard, EMA, counters, running means on the device.
+        st.step += 1
+        st.images_seen += images_per_step
+        if bad:
+            st.nan_skips += 1
+            consecutive_bad += 1
+            if consecutive_bad >= cfg.train.nan_skip_limit:
+                _rollback(st, good, consecutive_bad)
+                consecutive_bad = 0
+            continue
+        consecutive_bad = 0
+        if st.ema is not None:
+            st.ema.update(G, images_per_step, st.images_seen)
+        for key, v in values.items():
+            acc[key] = acc.get(key, 0) + v.float()
+        n_acc += 1
+
+        is_last = st.step >= total_steps
+        if not (report_every.due(st.images_seen) or is_last):
+            continue
+        # --- report: collectives first, identical on every rank ---
+        elapsed = time.perf_counter() - t_report
+        stats = _reduce_stats(acc, n_acc, device)
+        over_budget = budget_s is not None and time.perf_counter() - t_start >= budget_s
+        stop = bool(dist.all_reduce_max(torch.tensor([float(over_budget)], device=device)).item())
+        is_last = is_last or stop
+        if stop and st.step < total_steps:
+            stop_reason = "max_minutes"
+        if st.ada is not None and "r_t" in stats:
+            st.ada.update(stats["r_t"], n_acc * images_per_step)
+        dist.average_buffers(st.G)
+        dist.average_buffers(st.D)
+        if st.ema is not None:
+            st.ema.copy_buffers(st.G)
+        row = {
+            "step": st.step, "kimg": round(st.kimg, 4), **stats,
+            "img_per_s": n_acc * images_per_step / max(elapsed, 1e-9),
+            "data_wait_frac": wait_s / max(elapsed, 1e-9),
+            "wall_s": time.perf_counter() - t_start,
+            "lr_g": st.opt_g.param_groups[0]["lr"], "lr_d": st.opt_d.param_groups[0]["lr"],
+            "nan_skips": st.nan_skips, "rollbacks": st.rollbacks,
+        }
+        if st.ada is not None:
+            row["ada_p"] = st.ada.p
+        if evaluator is not None and (eval_every.due(st.images_seen) or is_last):
+            row.update(evaluator(st))
+            if row.get("fid") is not None and (st.best_fid is None or row["fid"] < st.best_fid):
+                st.best_fid = row["fid"]
+        save = ckpt_every.due(st.images_seen) or is_last or "fid" in row
+        if run is not None:
+            grid = _sample_grid(st, z_fixed, labels_fixed)
+            run.write_png(f"samples/grid_{st.step:08d}.png", grid)
+            run.write_png("samples/latest.png", grid)
+            run.append_metrics(row)
+            if "fid" in row:
+                run.write_fid_plot()
+            if tracker is not None:
+                tracker.log(st.step, row, grid)
+        _report(row, st, cfg, save, is_last, stop_reason)
+        if save:
+            good = st.snapshot()
+        acc, n_acc, wait_s, t_report = {}, 0, 0.0, time.perf_counter()
+        if stop:
+            break
+    if tracker is not None:
+        tracker.close()
+
+
+def _restore(st: TrainState, restored, fallbacks: list[str]) -> None:
+    """Load Ray's checkpoint; if it is unreadable, the newest readable older one, with a warning."""
+    import contextlib
+    import warnings
+
+    candidates = []
+    if restored is not None:
+        candidates.append(restored.as_directory())
+    candidates += [contextlib.nullcontext(p) for p in fallbacks]
+    errors = []
+    for cand in candidates:
+        with cand as d:
+            try:
+                sd = ckpt_io.load_state(d)
+            except ckpt_io.CheckpointError as e:
+                errors.append(str(e))
+                warnings.warn(f"{e}; trying the previous checkpoint", stacklevel=2)
+                continue
+        st.load_state_dict(sd)
+        return
+    if errors:
+        raise ckpt_io.CheckpointError("no readable checkpoint to resume from: " + "; ".join(errors))
+
+
+def _reduce_stats(acc: dict[str, torch.Tensor], n: int, device) -> dict[str, float]:
+    if not acc:
+        return {}
+    keys = sorted(acc)
+    vec = torch.stack([acc[k] for k in keys]).to(device) / max(n, 1)
+    return dict(zip(keys, dist.all_reduce_mean(vec).tolist()))
+
+
+def _rollback(st: TrainState, good: dict, bad_steps: int) -> None:
+    if st.rollbacks >= st.cfg.train.max_rollbacks:
+        raise DivergenceError(
+            f"training diverged: {bad_steps} consecutive steps with non-finite gradients at step {st.step} "
+            f"after {st.rollbacks} rollback(s) (train.max_rollbacks={st.cfg.train.max_rollbacks}); "
+            "try a lower optim.lr_d/lr_g, spectral norm or R1"
+        )
+    skips, rollbacks = st.nan_skips, st.rollbacks
+    st.load_state_dict(good)
+    st.nan_skips, st.rollbacks = skips, rollbacks + 1
+
+
+def _augment_fn(cfg: Config, st: TrainState, gen: torch.Generator):
+    if st.ada is not None:
+        policy = cfg.augment.policy or "color,translation,cutout"
+        p = st.ada.p
+        return lambda x: diff_augment(x, policy, p=p, generator=gen) if p > 0 else x
+    if cfg.augment.policy:
+        return lambda x: diff_augment(x, cfg.augment.policy, p=1.0, generator=gen)
+    return None
+
+
+@torch.no_grad()
+def _sample_grid(st: TrainState, z: torch.Tensor, labels) -> np.ndarray:
+    G = st.sampler()
+    was_training = G.training
+    G.eval()
+    images = G(z, labels)
+    G.train(was_training)
+    return image_grid(to_uint8(images), nrow=8)
+
+
+def _report(row: dict, st: TrainState, cfg: Config, save: bool, is_last: bool, stop_reason: str) -> None:
+    import ray.train
+
+    metrics = {**row, "done": is_last, "stop_reason": stop_reason if is_last else ""}
+    if not save:
+        ray.train.report(metrics)
+        return
+    name = f"checkpoint_{st.step:08d}"
+    if dist.rank() != 0:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        return
+    state = st.state_dict()
+    state["fid"] = row.get("fid")
+    with tempfile.TemporaryDirectory(prefix="ganray-ckpt-") as tmp:
+        ckpt_io.save(tmp, state, cfg, st.sampler().state_dict())
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+
+def _record_workers(run: RunFolder | None, world: int) -> None:
+    """Rank 0 writes workers.json: the node each rank runs on (checks SPREAD placement)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    nodes = [node]
+    if dist.is_distributed():
+        import torch.distributed as torch_dist
+
+        nodes = [None] * world
+        torch_dist.all_gather_object(nodes, node)
+    if run is not None:
+        run.write_json("workers.json", {"world_size": world, "nodes": nodes, "pid": os.getpid()})
+
+
+def _make_tracker(run_dir: str, cfg: Config, step: int):
+    try:
+        from ganray.tracking import Tracker
+    except ImportError:
+        return None
+    return Tracker(run_dir, cfg, resume_step=step)
+
+
+def _make_evaluator(cfg: Config, loop_config: dict, device):
+    """A callable(state) -> metrics dict, or None when evaluation is off."""
+    if not loop_config.get("eval"):
+        return None
+    from ganray.metrics.training import make_evaluator
+
+    return make_evaluator(cfg, loop_config["eval"], device)

@@ -1,0 +1,42 @@
+"""Shared fixtures: one local Ray instance for the whole session, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A single local Ray instance shared by every test that needs Ray.
+
+    4 logical CPUs on a 2-core machine: room for two training workers plus a Tune
+    driver; the work itself is tiny.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}},
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST test set not found at {MNIST_DIR}")
+    return MNIST_DIR
