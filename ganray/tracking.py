@@ -92,21 +92,23 @@ def scalar_tag(name: str) -> str:
     return f"{TAG_GROUPS.get(name, 'other')}/{name}"
 
 
-def numeric_items(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of a metrics row; None (column not measured this report) is dropped.
+def numeric_items(metrics: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """Split a metrics row into its numbers and the keys that are not numbers.
 
-    NaN and inf are kept: a diverging loss is exactly what the charts must show.
+    None (a column not measured this report) is dropped silently.  NaN and inf are kept: a
+    diverging loss is exactly what the charts must show.
     """
-    out = {}
+    out, skipped = {}, []
     for key, value in metrics.items():
         if value is None or key == "step":
             continue
         if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
             value = value.item()  # numpy / torch 0-d scalars
         if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"metrics[{key!r}] must be a number, got {type(value).__name__}")
+            skipped.append(key)
+            continue
         out[key] = float(value)
-    return out
+    return out, skipped
 
 
 def check_grid(grid: np.ndarray) -> np.ndarray:
@@ -146,6 +148,7 @@ class Tracker:
         self._mlflow = None
         self._wandb = None
         self._closed = False
+        self._warned: set[str] = set()
         if self.settings.tensorboard:
             self._open_tensorboard()
         if self.settings.mlflow:
@@ -172,7 +175,7 @@ class Tracker:
         # events the crashed attempt wrote past that step instead of drawing them twice.
         purge = None if self.resume_step is None else self.resume_step + 1
         self._tb = SummaryWriter(log_dir=log_dir, purge_step=purge, flush_secs=30)
-        if self.resume_step is None:
+        if not self.resume_step:  # a fresh start (the loop passes step 0 then)
             self._tb.add_text("config", _config_markdown(self.cfg), 0)
             layout = {"ganray": {title: ["Multiline", tags] for title, tags in _MULTILINE.items()}}
             self._tb.add_custom_scalars(layout)
@@ -203,7 +206,7 @@ class Tracker:
         from ray.air.integrations.mlflow import setup_mlflow
 
         s = self.settings
-        resumed = self._find_mlflow_run() if self.resume_step is not None else None
+        resumed = self._find_mlflow_run() if self.resume_step else None
         previous = os.environ.get("MLFLOW_RUN_ID")
         if resumed:
             os.environ["MLFLOW_RUN_ID"] = resumed  # start_run then continues that run
@@ -254,7 +257,12 @@ class Tracker:
     def log(self, step: int, metrics: dict[str, float], grid: np.ndarray | None = None) -> None:
         if self._closed:
             raise RuntimeError("Tracker.log called after close()")
-        values = numeric_items(metrics)
+        values, skipped = numeric_items(metrics)
+        for key in set(skipped) - self._warned:
+            # A stray string must not end a run hours in; say so once per key instead.
+            logger.warning("Tracker.log: metrics[%r] is %s, not a number; not tracked",
+                           key, type(metrics[key]).__name__)
+            self._warned.add(key)
         if grid is not None:
             grid = check_grid(grid) if self.settings.log_images else None
         if self._tb is not None:

@@ -104,16 +104,22 @@ def test_uri_run_dir_syncs_events(tmp_path, cfg):
     assert len(acc.Images("samples")) == 1
 
 
-def test_bad_inputs_name_the_culprit(tmp_path, cfg):
-    with Tracker(str(tmp_path / "r"), cfg) as tracker:
-        with pytest.raises(TypeError, match="metrics\\['status'\\]"):
-            tracker.log(1, {"loss_d": 1.0, "status": "ok"})
+def test_bad_inputs_name_the_culprit(tmp_path, cfg, caplog):
+    with Tracker(str(tmp_path / "r"), cfg, resume_step=0) as tracker:
+        tracker.log(1, {"loss_d": 1.0, "features": "classifier"})
+        tracker.log(2, {"loss_d": 2.0, "features": "classifier"})
         with pytest.raises(TypeError, match="uint8"):
             tracker.log(1, {"loss_d": 1.0}, grid=np.zeros((8, 8, 3), np.float32))
         with pytest.raises(ValueError, match="H x W x C"):
             tracker.log(1, {"loss_d": 1.0}, grid=np.zeros((8, 8, 2), np.uint8))
     with pytest.raises(RuntimeError, match="after close"):
         tracker.log(2, {"loss_d": 1.0})
+    # A non-numeric entry is skipped with one warning naming it; the numbers still arrive.
+    warnings = [r.getMessage() for r in caplog.records if "features" in r.getMessage()]
+    assert len(warnings) == 1 and "'features'" in warnings[0]
+    acc = _events(tmp_path / "r" / "tb")
+    assert [e.value for e in acc.Scalars("loss/loss_d")] == [1.0, 2.0]
+    assert "config/text_summary" in acc.Tags()["tensors"], "step 0 is a fresh start"
 
 
 def test_tensorboard_off_writes_nothing(tmp_path, cfg):
