@@ -1,0 +1,14 @@
+"""Training data: sources (digits, IDX, image folders, Parquet, .npz, any of them on a URI) -> Ray Data.
+
+    ds, info = load_dataset(cfg.data)        # "image" float32 C x H x W in [-1, 1], "label" int64
+    x, y, info = load_arrays(cfg.data, limit=10_000)   # uint8 N x H x W x C, same pixels
+
+Modules: core (errors, DatasetInfo, file systems), decode (pixels), arrays (digits, IDX, npz),
+files (image folders, Parquet), sources (detection, label checks), pipeline (Ray Data).
+"""
+
+from ganray.data.core import DataError, DatasetInfo
+from ganray.data.pipeline import load_arrays, load_dataset
+from ganray.data.sources import detect_kind
+
+__all__ = ["DataError", "DatasetInfo", "detect_kind", "load_arrays", "load_dataset"]

@@ -1,0 +1,201 @@
+"""Ray Data pipelines: `load_dataset` (training input) and `load_arrays` (evaluation input).
+
+Shape of every pipeline:
+
+    source rows --map_batches(decode / fit)--> uint8 N x H x W x C at the target size
+               --materialize (small data: decode once, and every bad file is known up front)
+               --randomize_block_order (a fresh block order every epoch)
+               --map_batches(to_model_batch)--> "image" float32 N x C x H x W in [-1, 1], "label" int64
+
+Decoding, resizing and scaling all run in Ray Data tasks, never on the training workers, whose
+only job is `iter_torch_batches`. Data too large to cache decoded streams instead: bad files then
+surface (or are skipped) while iterating.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+
+from ganray.config import DataConfig
+from ganray.data.core import DataError, DatasetInfo, fingerprint, read_bytes
+from ganray.data.decode import (
+    decode_files_batch,
+    decode_image,
+    decode_parquet_batch,
+    fit_array,
+    fit_batch,
+    to_model_batch,
+)
+from ganray.data.files import read_parquet_images
+from ganray.data.sources import Prepared, prepare, subset
+
+ROWS_PER_BLOCK = 512  # ~0.5 MB of uint8 32x32 per block: tens of blocks for 10k-60k images
+MAX_BLOCKS = 64
+MATERIALIZE_MAX_BYTES = 2 << 30  # decoded uint8 bytes above which a source streams instead
+PROBE_FILES = 8  # files decoded on the caller before a streaming pipeline starts
+SEED = 0  # fixed row permutation of in-memory and file sources (data may be sorted by class)
+
+
+def num_blocks(num_rows: int) -> int:
+    return int(min(MAX_BLOCKS, max(1, math.ceil(num_rows / ROWS_PER_BLOCK))))
+
+
+def _info(prep: Prepared, cfg: DataConfig, skipped: int) -> DatasetInfo:
+    return DatasetInfo(
+        source=cfg.source,
+        kind=prep.kind,
+        num_rows=prep.num_rows - skipped,
+        num_classes=prep.num_classes,
+        resolution=cfg.resolution,
+        channels=cfg.channels,
+        fingerprint=fingerprint(prep.kind, prep.identity, cfg.resolution, cfg.channels),
+        skipped=skipped,
+    )
+
+
+def _labels_or_blank(prep: Prepared) -> np.ndarray:
+    return prep.labels if prep.labels is not None else np.full(prep.num_rows, -1, np.int64)
+
+
+def _bad_images_error(errors: list[str], total: int) -> DataError:
+    shown = "; ".join(errors[:3]) + ("; ..." if len(errors) > 3 else "")
+    return DataError(
+        f"{len(errors)} of {total} images cannot be decoded (set data.skip_bad_images=true to skip them): {shown}"
+    )
+
+
+# --- load_dataset ---
+
+
+def _decoded_dataset(prep: Prepared, cfg: DataConfig):
+    """Lazy Ray Dataset of {"image" uint8 NHWC at target size, "label", "error"}."""
+    import ray
+    from ray.data.extensions import ArrowTensorArray
+
+    size = {"resolution": cfg.resolution, "channels": cfg.channels}
+    order = np.random.default_rng(SEED).permutation(prep.num_rows)
+    blocks = np.array_split(order, num_blocks(prep.num_rows))
+    if prep.raw is not None:
+        x, y = prep.raw.x, _labels_or_blank(prep)
+        tables = [pa.table({"image": ArrowTensorArray.from_numpy(x[b]), "label": pa.array(y[b])}) for b in blocks]
+        return ray.data.from_arrow(tables).map_batches(
+            fit_batch, batch_size=None, fn_kwargs=size, udf_modifying_row_count=False
+        )
+    if prep.folder is not None:
+        class_index = {c: i for i, c in enumerate(prep.folder.class_names)}
+        paths = [prep.folder.files[i].path for i in order]
+        ds = ray.data.read_binary_files(
+            paths, include_paths=True, filesystem=prep.fs, override_num_blocks=len(blocks)
+        )
+        return ds.map_batches(
+            decode_files_batch, batch_size=None, fn_kwargs={"root": prep.root, "class_index": class_index, **size}
+        )
+    plan = prep.plan
+    columns = [plan.image_column] + ([plan.label_column] if plan.label_column else [])
+    ds = ray.data.read_parquet(
+        [e.path for e in plan.files], filesystem=prep.fs, columns=columns, include_paths=True,
+        partitioning=None, shuffle="files", override_num_blocks=len(blocks),
+    )
+    kwargs = {"image_column": plan.image_column, "label_column": plan.label_column, **size}
+    return ds.map_batches(decode_parquet_batch, batch_size=None, fn_kwargs=kwargs)
+
+
+def _probe(prep: Prepared, cfg: DataConfig) -> None:
+    """Streaming sources: decode a few files here so systematic problems fail before training."""
+    rows = subset(prep.num_rows, PROBE_FILES)
+    errors = []
+    for data, name in _encoded(prep, rows):
+        try:
+            decode_image(data, name, cfg.resolution, cfg.channels)
+        except DataError as e:
+            errors.append(str(e))
+    if errors and (not cfg.skip_bad_images or len(errors) == len(rows)):
+        raise _bad_images_error(errors, len(rows))
+
+
+def load_dataset(data_cfg: DataConfig, *, materialize_max_bytes: int | None = None):
+    """(Ray Dataset with "image" float32 C x H x W in [-1, 1] and "label" int64 (-1: none), DatasetInfo).
+
+    Checks run before anything trains: the listing, headers and labels on the caller, then (for
+    data that fits `materialize_max_bytes` decoded, default 2 GiB) every image is decoded once
+    into Ray's object store and every bad file is reported by name, or counted when
+    data.skip_bad_images is set.
+    """
+    prep = prepare(data_cfg.source, data_cfg.num_classes)
+    decoded = _decoded_dataset(prep, data_cfg)
+    limit = MATERIALIZE_MAX_BYTES if materialize_max_bytes is None else materialize_max_bytes
+    skipped = 0
+    if prep.num_rows * data_cfg.resolution**2 * data_cfg.channels <= limit:
+        decoded = decoded.materialize()
+        errors = [
+            str(e)
+            for batch in decoded.select_columns(["error"]).iter_batches(batch_size=None, batch_format="numpy")
+            for e in batch["error"]
+            if e
+        ]
+        if errors and not data_cfg.skip_bad_images:
+            raise _bad_images_error(errors, prep.num_rows)
+        skipped = len(errors)
+        if skipped == prep.num_rows:
+            raise DataError(f"data.source {data_cfg.source!r}: none of its {skipped} images can be decoded")
+        if prep.plan is not None:  # Parquet rows may be sorted by class: shuffle them once
+            decoded = decoded.random_shuffle(seed=SEED).materialize()
+        decoded = decoded.randomize_block_order()
+    elif prep.raw is None:
+        _probe(prep, data_cfg)
+    ds = decoded.map_batches(
+        to_model_batch, batch_size=None, fn_kwargs={"skip_bad_images": data_cfg.skip_bad_images},
+        udf_modifying_row_count=skipped > 0 or prep.raw is None,
+    )
+    return ds, _info(prep, data_cfg, skipped)
+
+
+# --- load_arrays ---
+
+
+def _encoded(prep: Prepared, rows: np.ndarray) -> list[tuple[bytes, str]]:
+    """(encoded bytes, name) of file-backed rows; files are fetched in threads (remote stores)."""
+    if prep.plan is not None:
+        return read_parquet_images(prep.fs, prep.plan, rows)
+    paths = [prep.folder.files[i].path for i in rows]
+
+    def fetch(path: str) -> bytes | None:
+        try:
+            return read_bytes(prep.fs, path)
+        except DataError:
+            return None  # reported by decode_image as an unreadable (empty) file
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(zip(pool.map(fetch, paths), paths))
+
+
+def load_arrays(data_cfg: DataConfig, limit: int | None = None):
+    """(uint8 N x H x W x C at the configured size, int64 labels or None, DatasetInfo).
+
+    Same pixels as `load_dataset` (x_float = u8 / 127.5 - 1), in source order. `limit` takes a
+    seeded random subset (sorted back into source order), since sources may be sorted by class.
+    Runs on the caller, without Ray. With a limit, `info.skipped` counts bad images in the subset.
+    """
+    prep = prepare(data_cfg.source, data_cfg.num_classes)
+    rows = subset(prep.num_rows, limit)
+    size = (data_cfg.resolution, data_cfg.channels)
+    labels = prep.labels[rows] if prep.labels is not None else None
+    if prep.raw is not None:
+        return fit_array(prep.raw.x[rows], *size), labels, _info(prep, data_cfg, 0)
+    images, keep, errors = [], [], []
+    for i, (data, name) in enumerate(_encoded(prep, rows)):
+        try:
+            images.append(decode_image(data, name, *size))
+            keep.append(i)
+        except DataError as e:
+            errors.append(str(e))
+    if errors and not data_cfg.skip_bad_images:
+        raise _bad_images_error(errors, len(rows))
+    if not images:
+        raise DataError(f"data.source {data_cfg.source!r}: none of the {len(rows)} images read can be decoded")
+    x = np.stack(images)
+    return x, (labels[keep] if labels is not None else None), _info(prep, data_cfg, len(errors))
