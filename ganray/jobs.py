@@ -10,9 +10,10 @@ does not match with HTTP 403. ``JobSubmissionClient`` adds that header only when
 2. the file named by RAY_AUTH_TOKEN_PATH,
 3. ~/.ray/auth_token,
 
-with surrounding whitespace stripped. ganray's clients default RAY_AUTH_MODE to ``token`` (a ganray
-cluster always has authentication on; see cluster.yaml) and respect an explicit setting. They
-never print the token: errors name the sources that were checked and what was found there.
+with surrounding whitespace stripped (a RAY_AUTH_TOKEN_PATH naming a missing file is an error,
+not a fall-through). Like ``ray start`` and ``ray.init``, ganray's clients turn token mode on by
+themselves when RAY_AUTH_MODE is unset and one of those sources holds a token, and respect an
+explicit setting. They never print the token: errors name the sources checked and what is there.
 """
 
 from __future__ import annotations
@@ -51,55 +52,59 @@ def resolve_address(address: str | None) -> str:
     )
 
 
-def token_sources() -> list[str]:
-    """Where Ray looks for the token, in its order, each with what is there (never the token)."""
+def token_sources() -> list[tuple[str, str, bool]]:
+    """Ray's token sources in its order: (name, what is there, holds a token). Never the token."""
     token = os.environ.get(TOKEN_ENV)
-    lines = [f"{TOKEN_ENV}: " + ("set" if token and token.strip() else "not set")]
+    sources = [(TOKEN_ENV, "set" if token and token.strip() else "not set", bool(token and token.strip()))]
     path_env = os.environ.get(TOKEN_PATH_ENV)
-    lines.append(f"{TOKEN_PATH_ENV}: " + (_describe_token_file(Path(path_env)) if path_env else "not set"))
-    lines.append("~/.ray/auth_token: " + _describe_token_file(Path.home() / ".ray" / "auth_token"))
-    return lines
+    path_state = _token_file(Path(path_env)) if path_env else ("not set", False)
+    sources.append((TOKEN_PATH_ENV, *path_state))
+    sources.append(("~/.ray/auth_token", *_token_file(Path.home() / ".ray" / "auth_token")))
+    return sources
 
 
-def _describe_token_file(path: Path) -> str:
+def _token_file(path: Path) -> tuple[str, bool]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return f"{path} does not exist"
+        return f"{path} does not exist", False
     except OSError as e:
-        return f"{path} cannot be read ({e.strerror})"
-    return f"{path} is empty" if not text.strip() else f"{path} holds a token"
+        return f"{path} cannot be read ({e.strerror})", False
+    return (f"{path} holds a token", True) if text.strip() else (f"{path} is empty", False)
 
 
 def enable_token_mode() -> str:
-    """Default RAY_AUTH_MODE to token for this process; return the mode in effect.
+    """Set RAY_AUTH_MODE=token when it is unset and a token is at hand; return the mode in effect.
 
     Ray caches the mode in its process-wide config on first use, so after changing the
-    variable we re-read it, as Ray's own ``ray.init`` does when it turns token mode on.
+    variable we make it re-read the config, as ``ray.init`` does when it turns token mode on.
     """
     mode = os.environ.get(AUTH_MODE_ENV)
-    if mode is None:
+    if mode is None and any(present for _, _, present in token_sources()):
         os.environ[AUTH_MODE_ENV] = mode = "token"
         from ray._raylet import Config
 
         Config.initialize("")
-    return mode.lower()
+    return (mode or "disabled").lower()
+
+
+_AUTH_PROBLEMS = {
+    401: "the Ray cluster at {url} requires a token and none was sent (HTTP 401).",
+    403: "the Ray cluster at {url} did not accept the token that was sent (HTTP 403).",
+    None: "token authentication is on (RAY_AUTH_MODE=token) but no usable token was found.",
+}
 
 
 def _auth_message(url: str, status: int | None) -> str:
-    what = {
-        401: "requires a token and none was sent (HTTP 401)",
-        403: "did not accept the token that was sent (HTTP 403)",
-    }.get(status, "rejected the authentication token")
-    mode = os.environ.get(AUTH_MODE_ENV, "")
-    lines = [f"the Ray cluster at {url} {what}."]
-    if mode.lower() != "token":
+    lines = [_AUTH_PROBLEMS[status].format(url=url)]
+    mode = os.environ.get(AUTH_MODE_ENV)
+    if mode is not None and mode.lower() != "token":
         lines.append(f"{AUTH_MODE_ENV}={mode} is set, so no token is sent: unset it or set it to token.")
-    lines.append("Token sources checked, in Ray's order (the first one present is used):")
-    lines += [f"  {line}" for line in token_sources()]
+    lines.append("Token sources checked, in Ray's order (the first one set is used):")
+    lines += [f"  {name}: {what}" for name, what, _ in token_sources()]
     lines.append(
-        "Put the cluster's token in one of them (for cluster.yaml: the local file it mounts as "
-        "~/.ray/auth_token on the nodes)."
+        "Put the cluster's token in one of them (for a cluster from cluster.yaml: the local file "
+        "that cluster.yaml mounts as ~/.ray/auth_token on the nodes)."
     )
     return "\n".join(lines)
 
@@ -113,6 +118,7 @@ def api_errors(url: str) -> Iterator[None]:
     try:
         yield
     except AuthenticationError as e:
+        # Ray's own wording (http_token_authentication.format_authentication_http_error).
         text = str(e)
         status = 401 if text.startswith("Authentication required") else None
         status = 403 if text.startswith("Authentication failed") else status
