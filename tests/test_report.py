@@ -1,0 +1,219 @@
+"""`ganray report` and `ganray runs` on run folders built by hand in the brief's format."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import math
+import os
+import re
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganray import report, runs
+from ganray.config import debug
+from ganray.svgplot import Series, line_chart, nice_ticks, sparkline
+
+BASE = ["step", "kimg", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s", "data_wait_frac", "wall_s"]
+
+
+def _grid(step: int, n: int = 8, size: int = 16, seed: int = 0) -> np.ndarray:
+    """An n x n grid of blobs that sharpen with step: distinct PNG bytes per step."""
+    rng = np.random.default_rng(seed * 100_000 + step)
+    yy, xx = np.mgrid[:size, :size]
+    tiles = []
+    for _ in range(n * n):
+        cy, cx = rng.uniform(4, size - 4, 2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 10.0)
+        noise = rng.normal(0, 1.0 / (1 + step / 20), (size, size))
+        tiles.append(np.clip((blob + 0.3 * noise) * 255, 0, 255).astype(np.uint8))
+    rows = [np.concatenate(tiles[r * n:(r + 1) * n], axis=1) for r in range(n)]
+    return np.concatenate(rows, axis=0)[:, :, None]
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_run(path: Path, *, reports: int = 12, fid_every: int = 3, summary: bool = True,
+             lr_g: float = 2e-4, fid_scale: float = 1.0, seed: int = 0) -> dict:
+    """A run folder as the training loop writes it; returns what was written, for assertions."""
+    cfg = debug()
+    cfg.run.name = path.name
+    cfg.optim.lr_g = lr_g
+    (path / "samples").mkdir(parents=True)
+    (path / "config.yaml").write_text(cfg.to_yaml())
+    columns = BASE + ["fid", "grad_norm_g", "grad_norm_d", "lr_g", "lr_d", "nan_skips", "rollbacks"]
+    lines, fids = [",".join(columns)], {}
+    for i in range(1, reports + 1):
+        step = 4 * i
+        fid = fid_scale * (200.0 / i + 5.0 * (i >= reports - 1)) if i % fid_every == 0 else None
+        if fid is not None:
+            fids[step] = fid
+        row = [step, step * 0.016, 1.4 - 0.05 * i, 0.7 + 0.08 * i, 0.1 * i, -0.05 * i, 900 + 10 * i, 0.04,
+               2.5 * i, fid, 1.0 / i, 3.0 / i, lr_g, 2e-4, 0, 0]
+        lines.append(",".join("" if v is None else f"{v:.6g}" for v in row))
+        (path / "samples" / f"grid_{step:08d}.png").write_bytes(_png(_grid(step, seed=seed)))
+    (path / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (path / "samples" / "latest.png").write_bytes((path / "samples" / f"grid_{4 * reports:08d}.png").read_bytes())
+    best_step = min(fids, key=fids.get) if fids else None
+    if summary:
+        (path / "summary.json").write_text(json.dumps({
+            "name": path.name, "data": "digits", "status": "stopped", "stop_reason": "max_minutes",
+            "steps": 4 * reports, "kimg": 4 * reports * 0.016, "wall_s": 65.0, "img_per_s": 1000.0,
+            "best_fid": fids[best_step] if fids else None, "best_checkpoint": f"{path}/checkpoint_best",
+            "final_checkpoint": f"{path}/checkpoint_final"}))
+    return {"fids": fids, "best_step": best_step, "last_step": 4 * reports}
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.urls, self.h2, self._in_h2 = [], [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a)
+        self.urls += [v for k, v in attrs if k in ("src", "href", "xlink:href", "action") and v]
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2.append(data.strip())
+            self._in_h2 = False
+
+
+def _parse(html: str) -> _Tags:
+    p = _Tags()
+    p.feed(html)
+    return p
+
+
+def _decode(src: str) -> bytes:
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    return base64.b64decode(src.split(",", 1)[1])
+
+
+def test_run_report_has_sections_curves_and_inline_images(tmp_path):
+    run = tmp_path / "r1"
+    info = make_run(run)
+    html = report.build_report(str(run))
+    page = _parse(html)
+    for section in ("Samples (fixed noise)", "Progress", "Quality", "Training dynamics", "Throughput",
+                    "Summary", "Config"):
+        assert section in page.h2, section
+    assert page.imgs and all(u.startswith("data:") for u in page.urls)
+    assert not re.search(r"https?://", html), "the page must not reference the network"
+    for img in page.imgs:
+        decoded = Image.open(io.BytesIO(_decode(img["src"])))
+        assert decoded.size == (128, 128)  # 8 x 8 tiles of 16 px
+    latest, best = page.imgs[0], page.imgs[1]
+    assert _decode(latest["src"]) == (run / "samples" / "latest.png").read_bytes()
+    assert _decode(best["src"]) == (run / "samples" / f"grid_{info['best_step']:08d}.png").read_bytes()
+    assert len(page.imgs) == 2 + report.PROGRESS_GRIDS
+    best_fid = min(info["fids"].values())
+    assert f"best FID {best_fid:.2f}" in html and "max_minutes" in html
+    assert html.count("<svg") >= 6  # FID, losses, D outputs, grad norms, lr, img/s, data wait ...
+    assert "<tr><td>beta1</td><td>0.5</td></tr>" in html  # the default: plain
+    assert '<tr><td>latent_dim</td><td class="d">16</td></tr>' in html  # debug preset's: bold
+
+
+def test_run_without_summary_is_running_then_incomplete(tmp_path):
+    run = tmp_path / "live"
+    make_run(run, summary=False, fid_every=100)
+    assert runs.read_run(str(run)).status == "running"
+    old = time.time() - 2 * runs.RUNNING_WINDOW_S
+    os.utime(run / "metrics.csv", (old, old))
+    record = runs.read_run(str(run))
+    assert record.status == "incomplete" and record.best_fid() is None
+    assert record.kimg == pytest.approx(12 * 4 * 0.016) and record.wall_s == pytest.approx(30.0)
+    html = report.build_report(str(run))
+    assert "no summary.json yet" in html and "incomplete" in html and "Quality" not in html
+
+
+def _experiment(tmp_path: Path) -> tuple[Path, list[tuple[str, float]]]:
+    exp = tmp_path / "out" / "search1"
+    trials = [("trial_a", 3e-4, 1.5), ("trial_b", 1e-4, 0.7), ("trial_c", 2e-4, 1.1)]
+    for i, (name, lr, scale) in enumerate(trials):
+        make_run(exp / name, lr_g=lr, fid_scale=scale, seed=i)
+    (exp / "results.csv").write_text("trial,fid\n" + "".join(f"{n},{s}\n" for n, _, s in trials))
+    (exp / "best_config.yaml").write_text("optim:\n  lr_g: 0.0001\n")
+    return exp, [(n, s) for n, _, s in trials]
+
+
+def test_experiment_report_ranks_trials_by_best_fid(tmp_path):
+    exp, trials = _experiment(tmp_path)
+    html = report.build_report(str(exp))
+    order = [m.group(1) for m in re.finditer(r"</span>(trial_\w)</td>", html)]
+    assert order == [n for n, _ in sorted(trials, key=lambda t: t[1])]
+    assert "<th>optim.lr_g</th>" in html and "<th>model.g_width</th>" not in html
+    assert "Best trial: trial_b" in html and "best_config.yaml" in html
+    page = _parse(html)
+    assert len(page.imgs) == 1 + len(trials)  # best trial's grid + one thumbnail per trial
+    assert html.count('class="spark"') == len(trials)
+    assert not re.search(r"https?://", html)
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ganray")
+    sub = parser.add_subparsers()
+    report.add_parser(sub)
+    report.add_runs_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_runs_table_lists_runs_and_trials(tmp_path, capsys):
+    _experiment(tmp_path)
+    make_run(tmp_path / "out" / "solo", summary=False, fid_every=100)
+    (tmp_path / "out" / "not_a_run").mkdir()
+    assert _cli(["runs", str(tmp_path / "out"), "--sort", "fid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "DATA", "KIMG", "BEST", "FID", "WALL", "STATUS"]
+    names = [line.split()[0] for line in lines[1:]]
+    assert names == ["search1/trial_b", "search1/trial_c", "search1/trial_a", "solo"]
+    cells = lines[1].split()
+    assert cells[1:4] == ["digits", "0.8", f"{(200 / 12 + 5) * 0.7:.2f}"]
+    assert cells[4:] == ["1m05s", "stopped", "(max_minutes)"]
+    assert lines[-1].split()[1:] == ["digits", "0.8", "-", "30s", "running"]
+
+
+def test_cli_writes_report_and_rejects_bad_folders(tmp_path, capsys):
+    run = tmp_path / "r1"
+    make_run(run)
+    assert _cli(["report", str(run)]) == 0
+    assert (run / "report.html").stat().st_size > 10_000
+    out = tmp_path / "pages" / "x.html"
+    assert _cli(["report", run.as_uri(), "--html", str(out)]) == 0  # URIs read through pyarrow
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    capsys.readouterr()
+    assert _cli(["report", str(tmp_path / "missing")]) == 2
+    assert "missing' is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert _cli(["report", str(tmp_path / "empty")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    (run / "metrics.csv").write_text("kimg,loss_d\n1,2\n")
+    assert _cli(["runs", str(tmp_path)]) == 2
+    assert "metrics.csv: no 'step' column" in capsys.readouterr().err
+
+
+def test_svg_charts():
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(13.0, 87.0, 4) == [20.0, 40.0, 60.0, 80.0]
+    nan = math.nan
+    svg = line_chart([Series("fid", [1, 2, 3, 4, 5], [50, 30, nan, 20, 25], points=True)],
+                     title="FID", mark_min="fid")
+    assert svg.count("<polyline") == 2, "a NaN row breaks the line"
+    assert "best 20 @ 4" in svg and svg.count("<title>") == 4
+    assert "no data" in line_chart([Series("x", [1], [nan])], title="empty")
+    assert "<polyline" in sparkline([0, 1, 2], [3, 1, 2]) and "<polyline" not in sparkline([], [])
