@@ -19,6 +19,15 @@ from ganray.models import (
 from ganray.models.layers import ConditionalBatchNorm2d
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny networks: a second intra-op thread only adds contention on the shared 2-core box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
@@ -219,3 +228,18 @@ def test_builders_reject_inconsistent_config():
         build_generator(ModelConfig(arch="resnet"), DataConfig(resolution=64), None)
     # An unconditional model ignores the class count it is given.
     assert build_generator(ModelConfig(latent_dim=4, g_width=4), DataConfig(), 10).num_classes is None
+
+
+def test_spectral_norm_state_dict_round_trip(tmp_path):
+    # Checkpoints are weights_only state dicts: the u/v power-iteration buffers must travel too.
+    seeded()
+    D = DCGANDiscriminator(16, 1, 4, spectral_norm=True, num_classes=3)
+    labels = torch.tensor([0, 2])
+    for _ in range(3):
+        D(torch.randn(2, 1, 16, 16), labels)
+    torch.save(D.state_dict(), tmp_path / "d.pt")
+    E = DCGANDiscriminator(16, 1, 4, spectral_norm=True, num_classes=3)
+    E.load_state_dict(torch.load(tmp_path / "d.pt", weights_only=True))
+    D.eval(), E.eval()
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(D(x, labels), E(x, labels), rtol=0, atol=0)

@@ -166,7 +166,9 @@ class ResNetDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.channels, 32, 32):
-            raise ValueError(f"discriminator expects images N x {self.channels} x 32 x 32, got {tuple(x.shape)}")
+            raise ValueError(
+                f"discriminator expects images N x {self.channels} x 32 x 32, got {tuple(x.shape)}"
+            )
         labels = check_labels(labels, self.num_classes, x.shape[0], "discriminator")
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling: N x ch
         logits = self.fc(h).squeeze(1)  # N
