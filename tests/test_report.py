@@ -9,6 +9,8 @@ import json
 import math
 import os
 import re
+import shutil
+import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -217,3 +219,61 @@ def test_svg_charts():
     assert "best 20 @ 4" in svg and svg.count("<title>") == 4
     assert "no data" in line_chart([Series("x", [1], [nan])], title="empty")
     assert "<polyline" in sparkline([0, 1, 2], [3, 1, 2]) and "<polyline" not in sparkline([], [])
+
+
+# --- a real browser: Debian's chromium (apt-get install -y chromium); skipped without it ---
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+# After load, the probe writes each image's decoded size into the DOM that --dump-dom prints.
+_PROBE = ("<script>addEventListener('load',()=>document.querySelectorAll('img').forEach("
+          "i=>i.setAttribute('data-natural',i.naturalWidth+'x'+i.naturalHeight)))</script>")
+
+
+def _chromium(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--hide-scrollbars",
+           '--host-resolver-rules=MAP * ~NOTFOUND', *extra, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
+
+
+def _page_requests(net_log: Path) -> list[str]:
+    """URLs the page asked the network stack for.
+
+    Chromium's own background traffic (updates, sign-in) has initiator 'not an origin'; requests
+    made by a file:// page carry its opaque origin ('null').
+    """
+    log = json.loads(net_log.read_text())
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [e["params"]["url"] for e in log["events"]
+            if e["type"] == start_job and "url" in e.get("params", {})
+            and e["params"].get("initiator") != "not an origin"]
+
+
+@needs_chromium
+def test_report_renders_in_chromium_without_network(tmp_path):
+    run = tmp_path / "r1"
+    make_run(run)
+    page = tmp_path / "probe.html"
+    page.write_text(report.build_report(str(run)).replace("</body>", _PROBE + "</body>"))
+    control = tmp_path / "control.html"  # proves the net-log check sees a request when there is one
+    control.write_text(f'<img src="http://example.invalid/x.png">{_PROBE}')
+
+    net_log = tmp_path / "net.json"
+    dom = _chromium(tmp_path, page.as_uri(), f"--log-net-log={net_log}", "--dump-dom").stdout
+    sizes = re.findall(r'data-natural="(\d+)x(\d+)"', dom)
+    assert len(sizes) == 2 + report.PROGRESS_GRIDS
+    assert all(int(w) > 0 and int(h) > 0 for w, h in sizes), sizes
+    assert dom.count("<svg") >= 6
+    assert _page_requests(net_log) == []
+
+    control_log = tmp_path / "control.json"
+    _chromium(tmp_path, control.as_uri(), f"--log-net-log={control_log}", "--dump-dom")
+    assert _page_requests(control_log) == ["http://example.invalid/x.png"]
+
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, page.as_uri(), f"--screenshot={shot}", "--window-size=1280,1600")
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1280)
+    assert pixels[:, :640].std() > 20, "the screenshot is blank"
