@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ganray import runs
-from ganray.runs import RunReadError, RunRecord, Store, format_duration
+from ganray.runs import RunReadError, RunRecord, Store, format_duration, format_kimg
 from ganray.svgplot import PALETTE, Series, fmt_num, line_chart, sparkline
 
 # (section, [(chart title, metrics.csv columns, log y)]): charts whose columns are all absent
@@ -184,7 +184,7 @@ def _kimg_at(record: RunRecord, step: int) -> float | None:
 
 def _grid_caption(record: RunRecord, what: str, step: int) -> str:
     kimg = _kimg_at(record, step)
-    return f"{what}: step {step}" + (f", {kimg:.1f} kimg" if kimg is not None else "")
+    return f"{what}: step {step}" + (f", {format_kimg(kimg)} kimg" if kimg is not None else "")
 
 
 def _samples(record: RunRecord, store: Store) -> str:
@@ -216,10 +216,12 @@ def _spread(values: list[int], n: int) -> list[int]:
 def _cards(record: RunRecord) -> str:
     best = record.best_fid()
     wait = record.last("data_wait_frac")
-    cards = [
-        _card("best FID", f"{best[0]:.2f}" if best else "-", highlight=True),
-        _card("at kimg", _fmt(best[1], ".1f") if best else "-"),
-        _card("kimg", _fmt(record.kimg, ".1f")),
+    if best:
+        cards = [_card("best FID", f"{best[0]:.2f}", highlight=True), _card("at kimg", format_kimg(best[1]))]
+    else:
+        cards = [_card("best FID", "no eval")]
+    cards += [
+        _card("kimg", format_kimg(record.kimg)),
         _card("steps", _fmt(record.steps, "d")),
         _card("wall time", format_duration(record.wall_s)),
         _card("img/s", _fmt(record.img_per_s, ".0f")),
@@ -321,8 +323,8 @@ def experiment_report(path: str) -> str:
         thumb = img_tag(store.child(t.name).read_bytes(f"samples/grid_{last:08d}.png"), "latest", 96) if last else ""
         flat = _flatten(t.config or {})
         rows.append([str(i + 1), f'<span class="sw" style="background:{colors[t.name]}"></span>{escape(t.name)}',
-                     _fmt(best[0] if best else None, ".2f"), _fmt(best[1] if best else None, ".1f"),
-                     _fmt(t.kimg, ".1f"), _badge(t.status) + (f" {escape(str(t.stop_reason))}" if t.stop_reason else "")]
+                     _fmt(best[0] if best else None, ".2f"), format_kimg(best[1] if best else None),
+                     format_kimg(t.kimg), _badge(t.status) + (f" {escape(str(t.stop_reason))}" if t.stop_reason else "")]
                     + [escape(_fmt(flat.get(k), "g")) for k in keys]
                     + [sparkline(xs, t.metrics.get(metric, []), color=colors[t.name]), thumb])
         classes.append("best" if i == 0 and best else "")
@@ -337,8 +339,8 @@ def experiment_report(path: str) -> str:
         data = store.child(best.name).read_bytes(f"samples/grid_{grid:08d}.png") if grid is not None else None
         flat = _flatten(best.config or {})
         params = [[escape(k), escape(_fmt(flat.get(k), "g"))] for k in keys]
-        cards = "".join([_card("best FID", f"{fid:.2f}", True), _card("at kimg", _fmt(kimg, ".1f")),
-                         _card("kimg", _fmt(best.kimg, ".1f")), _card("wall time", format_duration(best.wall_s))])
+        cards = "".join([_card("best FID", f"{fid:.2f}", True), _card("at kimg", format_kimg(kimg)),
+                         _card("kimg", format_kimg(best.kimg)), _card("wall time", format_duration(best.wall_s))])
         best_html = (f"<h2>Best trial: {escape(best.name)}</h2><div class=\"grids\">"
                      f"{_figure(data, _grid_caption(best, 'samples at best FID', grid))}"
                      f'<div><div class="cards">{cards}</div><br>{_table(["searched", "value"], params)}</div></div>')

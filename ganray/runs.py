@@ -263,6 +263,13 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def format_kimg(kimg: float | None) -> str:
+    """Three significant digits for short runs (0.128), one decimal from 100 kimg on."""
+    if kimg is None or not math.isfinite(kimg):
+        return "-"
+    return f"{kimg:.1f}" if kimg >= 100 else f"{kimg:.3g}"
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
@@ -272,7 +279,7 @@ def table_rows(records: list[RunRecord]) -> list[list[str]]:
     for r in records:
         best = r.best_fid()
         status = r.status + (f" ({r.stop_reason})" if r.stop_reason not in (None, "", "completed") else "")
-        rows.append([r.name, str(r.data or "-"), _fmt(r.kimg, ".1f"),
+        rows.append([r.name, str(r.data or "-"), format_kimg(r.kimg),
                      _fmt(best[0] if best else None, ".2f"), format_duration(r.wall_s), status])
     return rows
 

@@ -185,9 +185,9 @@ def test_runs_table_lists_runs_and_trials(tmp_path, capsys):
     names = [line.split()[0] for line in lines[1:]]
     assert names == ["search1/trial_b", "search1/trial_c", "search1/trial_a", "solo"]
     cells = lines[1].split()
-    assert cells[1:4] == ["digits", "0.8", f"{(200 / 12 + 5) * 0.7:.2f}"]
+    assert cells[1:4] == ["digits", "0.768", f"{(200 / 12 + 5) * 0.7:.2f}"]
     assert cells[4:] == ["1m05s", "stopped", "(max_minutes)"]
-    assert lines[-1].split()[1:] == ["digits", "0.8", "-", "30s", "running"]
+    assert lines[-1].split()[1:] == ["digits", "0.768", "-", "30s", "running"]
 
 
 def test_cli_writes_report_and_rejects_bad_folders(tmp_path, capsys):
