@@ -8,10 +8,7 @@ network request, so it can be mailed, attached to an issue or opened on an air-g
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime
 import math
-import struct
 import sys
 from html import escape
 from typing import Any
@@ -19,8 +16,9 @@ from typing import Any
 import yaml
 
 from ganray import runs
+from ganray.report_html import badge, card, figure, fmt, img_tag, page, table
 from ganray.runs import RunReadError, RunRecord, Store, format_duration, format_kimg
-from ganray.svgplot import PALETTE, Series, fmt_num, line_chart, sparkline
+from ganray.svgplot import PALETTE, Series, line_chart, sparkline
 
 # (section, [(chart title, metrics.csv columns, log y)]): charts whose columns are all absent
 # are left out; numeric columns no chart names get one chart each under "Other".
@@ -42,103 +40,7 @@ _NOT_CHARTED = {"step", "kimg", "wall_s", "kid_std"}
 # Measured only on eval reports: points joined across the rows between evaluations.
 _EVAL_COLUMNS = {"fid", "kid", "is", "precision", "recall", "mode_entropy", "eval_s"}
 PROGRESS_GRIDS = 8
-_STATUS_CLASS = {"finished": "ok", "stopped": "warn", "failed": "bad", "running": "run"}
 
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;color:#1f2328}
-main{max-width:1240px;margin:0 auto;padding:20px 24px 48px}
-header{display:flex;align-items:baseline;gap:14px;flex-wrap:wrap}
-h1{font-size:24px;margin:0} h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #d8dbe0;padding-bottom:4px}
-.sub{color:#59636e;font-size:13px}
-.badge{padding:2px 10px;border-radius:10px;font-size:13px;font-weight:600;background:#d8dbe0}
-.badge.ok{background:#d3f3dc;color:#116329}.badge.warn{background:#fff1c2;color:#7a4d00}
-.badge.bad{background:#ffd7d5;color:#a40e26}.badge.run{background:#d6e9ff;color:#0b4f9c}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin-top:14px}
-.card{background:#fff;border:1px solid #d8dbe0;border-radius:8px;padding:8px 14px;min-width:110px}
-.card .k{font-size:12px;color:#59636e}.card .v{font-size:20px;font-weight:600}
-.card.hi .v{color:#0b4f9c}
-.grids{display:flex;flex-wrap:wrap;gap:18px}
-figure{margin:0;background:#fff;border:1px solid #d8dbe0;border-radius:8px;padding:10px}
-figcaption{font-size:13px;color:#59636e;margin-top:6px}
-img.px{image-rendering:pixelated;display:block}
-.strip{display:flex;flex-wrap:wrap;gap:8px}.strip figure{padding:6px}
-.charts{display:flex;flex-wrap:wrap;gap:12px}
-.chart{background:#fff;border:1px solid #d8dbe0;border-radius:8px;font-size:11px}
-.chart .ct{font-size:13px;font-weight:600;fill:#1f2328}.chart .pa{fill:#fff;stroke:#c8ccd2}
-.chart .gr{stroke:#eceef1}.chart .tx{text-anchor:middle;fill:#59636e}.chart .ty{text-anchor:end;fill:#59636e}
-.chart .al{text-anchor:middle;fill:#59636e}.chart .lg{fill:#1f2328}.chart .mk{font-weight:600;fill:#1f2328}
-.chart .na{text-anchor:middle;fill:#8c959f}
-table{border-collapse:collapse;background:#fff;font-size:13px}
-td,th{border:1px solid #d8dbe0;padding:4px 8px;text-align:left;vertical-align:middle}
-th{background:#eef0f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
-tr.best td{background:#eef6ff}
-.cfg{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.cfg td.d{font-weight:700;color:#0b4f9c}
-pre{background:#fff;border:1px solid #d8dbe0;border-radius:8px;padding:10px;overflow:auto;font-size:12px}
-.sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
-footer{margin-top:36px;color:#8c959f;font-size:12px}
-"""
-
-
-# --- small HTML helpers ---
-
-
-def png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR chunk, without decoding the image."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24:
-        return None
-    return struct.unpack(">II", data[16:24])
-
-
-def img_tag(data: bytes | None, alt: str, target_px: int = 420) -> str:
-    """An <img> with the PNG inline, scaled by a whole factor so pixels stay sharp."""
-    if not data:
-        return f'<div class="sub">({escape(alt)}: no image)</div>'
-    size = png_size(data)
-    style = ""
-    if size:
-        scale = max(1, min(8, target_px // max(size[0], 1)))
-        style = f' width="{size[0] * scale}" height="{size[1] * scale}"'
-    b64 = base64.b64encode(data).decode("ascii")
-    return f'<img class="px" alt="{escape(alt)}"{style} src="data:image/png;base64,{b64}">'
-
-
-def _figure(data: bytes | None, caption: str, target_px: int = 420) -> str:
-    return f"<figure>{img_tag(data, caption, target_px)}<figcaption>{escape(caption)}</figcaption></figure>"
-
-
-def _card(key: str, value: str, highlight: bool = False) -> str:
-    cls = "card hi" if highlight else "card"
-    return f'<div class="{cls}"><div class="k">{escape(key)}</div><div class="v">{escape(value)}</div></div>'
-
-
-def _fmt(value: Any, spec: str = ".4g") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec) if isinstance(value, (int, float)) else str(value)
-
-
-def _badge(status: str) -> str:
-    return f'<span class="badge {_STATUS_CLASS.get(status, "")}">{escape(status)}</span>'
-
-
-def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset(),
-           row_classes: list[str] | None = None) -> str:
-    """Cells are HTML already (callers escape text)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f'<td class="n">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row))
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _page(title: str, body: str, source: str) -> str:
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>{body}"
-            f"<footer>ganray report of {escape(source)}, generated {stamp}</footer></main></body></html>")
 
 
 # --- one run ---
@@ -190,17 +92,17 @@ def _grid_caption(record: RunRecord, what: str, step: int) -> str:
 def _samples(record: RunRecord, store: Store) -> str:
     if not record.grids:
         latest = store.read_bytes("samples/latest.png")
-        return "<h2>Samples</h2>" + (_figure(latest, "latest") if latest else '<p class="sub">no sample grids</p>')
+        return "<h2>Samples</h2>" + (figure(latest, "latest") if latest else '<p class="sub">no sample grids</p>')
     last = record.grids[-1]
-    figures = [_figure(store.read_bytes("samples/latest.png") or store.read_bytes(f"samples/grid_{last:08d}.png"),
+    figures = [figure(store.read_bytes("samples/latest.png") or store.read_bytes(f"samples/grid_{last:08d}.png"),
                        _grid_caption(record, "latest", last))]
     best = record.best_fid()
     if best is not None and best[2] is not None:
         step = record.grid_near(best[2])
-        figures.append(_figure(store.read_bytes(f"samples/grid_{step:08d}.png"),
+        figures.append(figure(store.read_bytes(f"samples/grid_{step:08d}.png"),
                                _grid_caption(record, f"best FID {best[0]:.2f}", step)))
     picks = _spread(record.grids, PROGRESS_GRIDS)
-    strip = "".join(_figure(store.read_bytes(f"samples/grid_{s:08d}.png"), _grid_caption(record, "", s)[2:], 150)
+    strip = "".join(figure(store.read_bytes(f"samples/grid_{s:08d}.png"), _grid_caption(record, "", s)[2:], 150)
                     for s in picks)
     return (f'<h2>Samples (fixed noise)</h2><div class="grids">{"".join(figures)}</div>'
             f'<h2>Progress</h2><div class="strip">{strip}</div>')
@@ -217,19 +119,19 @@ def _cards(record: RunRecord) -> str:
     best = record.best_fid()
     wait = record.last("data_wait_frac")
     if best:
-        cards = [_card("best FID", f"{best[0]:.2f}", highlight=True), _card("at kimg", format_kimg(best[1]))]
+        cards = [card("best FID", f"{best[0]:.2f}", highlight=True), card("at kimg", format_kimg(best[1]))]
     else:
-        cards = [_card("best FID", "no eval")]
+        cards = [card("best FID", "no eval")]
     cards += [
-        _card("kimg", format_kimg(record.kimg)),
-        _card("steps", _fmt(record.steps, "d")),
-        _card("wall time", format_duration(record.wall_s)),
-        _card("img/s", _fmt(record.img_per_s, ".0f")),
-        _card("data wait", f"{wait:.0%}" if wait is not None else "-"),
+        card("kimg", format_kimg(record.kimg)),
+        card("steps", fmt(record.steps, "d")),
+        card("wall time", format_duration(record.wall_s)),
+        card("img/s", fmt(record.img_per_s, ".0f")),
+        card("data wait", f"{wait:.0%}" if wait is not None else "-"),
     ]
     for column, label in (("nan_skips", "NaN skips"), ("rollbacks", "rollbacks")):
         if record.last(column):
-            cards.append(_card(label, _fmt(record.last(column), ".0f")))
+            cards.append(card(label, fmt(record.last(column), ".0f")))
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
@@ -262,7 +164,7 @@ def _config_html(config: dict[str, Any] | None) -> str:
         for key, value in _flatten(body).items():
             changed = defaults and defaults.get(f"{section}.{key}", object()) != value
             cls = ' class="d"' if changed else ""
-            rows.append(f"<tr><td>{escape(key)}</td><td{cls}>{escape(_fmt(value, 'g'))}</td></tr>")
+            rows.append(f"<tr><td>{escape(key)}</td><td{cls}>{escape(fmt(value, 'g'))}</td></tr>")
         tables.append(f"<table><tr><th colspan=2>{escape(str(section))}</th></tr>{''.join(rows)}</table>")
     note = ' <span class="sub">(bold: differs from the default)</span>' if defaults else ""
     return f'<h2>Config{note}</h2><div class="cfg">{"".join(tables)}</div>'
@@ -271,23 +173,23 @@ def _config_html(config: dict[str, Any] | None) -> str:
 def _summary_html(record: RunRecord) -> str:
     if not record.summary:
         return '<h2>Summary</h2><p class="sub">no summary.json yet: the run is going on or ended abruptly</p>'
-    rows = [[escape(str(k)), escape(_fmt(v, ".6g") if not isinstance(v, (list, dict)) else yaml.safe_dump(v).strip())]
+    rows = [[escape(str(k)), escape(fmt(v, ".6g") if not isinstance(v, (list, dict)) else yaml.safe_dump(v).strip())]
             for k, v in record.summary.items() if k != "error"]
     error = record.summary.get("error")
     err = f"<h2>Error</h2><pre>{escape(str(error))}</pre>" if error else ""
-    return f"{err}<h2>Summary</h2>{_table(['key', 'value'], rows)}"
+    return f"{err}<h2>Summary</h2>{table(['key', 'value'], rows)}"
 
 
 def run_report(path: str) -> str:
     record = runs.read_run(path)
     store = Store(path)
     stop = record.stop_reason
-    header = (f"<header><h1>{escape(record.name)}</h1>{_badge(record.status)}"
+    header = (f"<header><h1>{escape(record.name)}</h1>{badge(record.status)}"
               + (f'<span class="sub">stop reason: <b>{escape(str(stop))}</b></span>' if stop else "")
               + f'<span class="sub">data: {escape(str(record.data or "-"))}</span></header>')
     body = header + _cards(record) + _samples(record, store) + _charts(record)
     body += _summary_html(record) + _config_html(record.config)
-    return _page(f"ganray: {record.name}", body, record.path)
+    return page(f"ganray: {record.name}", body, record.path)
 
 
 # --- a Tune experiment ---
@@ -307,59 +209,68 @@ def experiment_report(path: str) -> str:
         raise RunReadError(f"{path!r} has no trial run folders")
     ranked = runs.sort_records(trials, "fid")
     metric = "fid" if any(t.best_fid() for t in trials) else "loss_g"
-    colors = {t.name: PALETTE[i % len(PALETTE)] if i < len(PALETTE) else "#c0c4ca" for i, t in enumerate(ranked)}
-    # Drawn worst first so the best trial's line ends up on top; the table is the legend.
+    # The first trials get the palette, the tail grey; the table's swatches are the legend.
+    colors = {t.name: PALETTE[i] if i < len(PALETTE) else "#c0c4ca" for i, t in enumerate(ranked)}
+    # Drawn worst first so the best trial's line ends up on top.
     overlay = line_chart([Series(t.name, _x_axis(t)[0], t.metrics.get(metric, []), color=colors[t.name],
                                  points=metric == "fid", connect=metric == "fid",
                                  stroke_width=3.0 if t is ranked[0] else 1.6)
                           for t in reversed(ranked)], title=f"{'FID' if metric == 'fid' else metric} of every trial",
                          width=1190, height=340, legend=False)
     keys = _varied(trials)
-    rows, classes = [], []
-    for i, t in enumerate(ranked):
-        best = t.best_fid()
-        xs, _ = _x_axis(t)
-        last = t.grids[-1] if t.grids else None
-        thumb = img_tag(store.child(t.name).read_bytes(f"samples/grid_{last:08d}.png"), "latest", 96) if last else ""
-        flat = _flatten(t.config or {})
-        rows.append([str(i + 1), f'<span class="sw" style="background:{colors[t.name]}"></span>{escape(t.name)}',
-                     _fmt(best[0] if best else None, ".2f"), format_kimg(best[1] if best else None),
-                     format_kimg(t.kimg), _badge(t.status) + (f" {escape(str(t.stop_reason))}" if t.stop_reason else "")]
-                    + [escape(_fmt(flat.get(k), "g")) for k in keys]
-                    + [sparkline(xs, t.metrics.get(metric, []), color=colors[t.name]), thumb])
-        classes.append("best" if i == 0 and best else "")
-    header = ["#", "trial", "best FID", "at kimg", "kimg", "status"] + [escape(k) for k in keys] + [
-        f"{escape(metric)} curve", "latest samples"]
-    table = _table(header, rows, numeric={0, 2, 3, 4}, row_classes=classes)
-    best = ranked[0]
-    best_html = ""
-    if best.best_fid():
-        fid, kimg, step = best.best_fid()
-        grid = best.grid_near(step)
-        data = store.child(best.name).read_bytes(f"samples/grid_{grid:08d}.png") if grid is not None else None
-        flat = _flatten(best.config or {})
-        params = [[escape(k), escape(_fmt(flat.get(k), "g"))] for k in keys]
-        cards = "".join([_card("best FID", f"{fid:.2f}", True), _card("at kimg", format_kimg(kimg)),
-                         _card("kimg", format_kimg(best.kimg)), _card("wall time", format_duration(best.wall_s))])
-        best_html = (f"<h2>Best trial: {escape(best.name)}</h2><div class=\"grids\">"
-                     f"{_figure(data, _grid_caption(best, 'samples at best FID', grid))}"
-                     f'<div><div class="cards">{cards}</div><br>{_table(["searched", "value"], params)}</div></div>')
-    statuses = {}
+    statuses: dict[str, int] = {}
     for t in trials:
         statuses[t.status] = statuses.get(t.status, 0) + 1
     name = store.path.rsplit("/", 1)[-1]
     body = (f"<header><h1>{escape(name)}</h1><span class=\"sub\">Tune experiment, {len(trials)} trials: "
             + ", ".join(f"{n} {escape(s)}" for s, n in sorted(statuses.items())) + "</span></header>"
-            + best_html + f'<h2>Curves</h2><div class="charts">{overlay}</div>'
-            + f"<h2>Trials (sorted by best FID)</h2>{table}" + _experiment_files(store))
-    return _page(f"ganray: {name}", body, store.path)
+            + _best_trial(store, ranked[0], keys) + f'<h2>Curves</h2><div class="charts">{overlay}</div>'
+            + f"<h2>Trials (sorted by best FID)</h2>{_trials_table(store, ranked, keys, metric, colors)}"
+            + _experiment_files(store))
+    return page(f"ganray: {name}", body, store.path)
+
+
+def _trials_table(store: Store, ranked: list[RunRecord], keys: list[str], metric: str,
+                  colors: dict[str, str]) -> str:
+    rows, classes = [], []
+    for i, t in enumerate(ranked):
+        best = t.best_fid()
+        last = t.grids[-1] if t.grids else None
+        thumb = img_tag(store.child(t.name).read_bytes(f"samples/grid_{last:08d}.png"), "latest", 96) if last else ""
+        flat = _flatten(t.config or {})
+        stop = f" {escape(str(t.stop_reason))}" if t.stop_reason else ""
+        rows.append([str(i + 1), f'<span class="sw" style="background:{colors[t.name]}"></span>{escape(t.name)}',
+                     fmt(best[0] if best else None, ".2f"), format_kimg(best[1] if best else None),
+                     format_kimg(t.kimg), badge(t.status) + stop]
+                    + [escape(fmt(flat.get(k), "g")) for k in keys]
+                    + [sparkline(_x_axis(t)[0], t.metrics.get(metric, []), color=colors[t.name]), thumb])
+        classes.append("best" if i == 0 and best else "")
+    header = ["#", "trial", "best FID", "at kimg", "kimg", "status", *map(escape, keys),
+              f"{escape(metric)} curve", "latest samples"]
+    return table(header, rows, numeric={0, 2, 3, 4}, row_classes=classes)
+
+
+def _best_trial(store: Store, best: RunRecord, keys: list[str]) -> str:
+    """The winner's samples at its best FID next to its numbers and searched values."""
+    if not best.best_fid():
+        return ""
+    fid, kimg, step = best.best_fid()
+    grid = best.grid_near(step)
+    data = store.child(best.name).read_bytes(f"samples/grid_{grid:08d}.png") if grid is not None else None
+    flat = _flatten(best.config or {})
+    params = [[escape(k), escape(fmt(flat.get(k), "g"))] for k in keys]
+    cards = "".join([card("best FID", f"{fid:.2f}", True), card("at kimg", format_kimg(kimg)),
+                     card("kimg", format_kimg(best.kimg)), card("wall time", format_duration(best.wall_s))])
+    caption = _grid_caption(best, "samples at best FID", grid) if grid is not None else "no samples"
+    return (f"<h2>Best trial: {escape(best.name)}</h2><div class=\"grids\">{figure(data, caption)}"
+            f'<div><div class="cards">{cards}</div><br>{table(["searched", "value"], params)}</div></div>')
 
 
 def _experiment_files(store: Store) -> str:
     html = ""
     trials_png = store.read_bytes("trials.png")
     if trials_png:
-        html += f'<h2>trials.png</h2><div class="grids">{_figure(trials_png, "trials.png", 900)}</div>'
+        html += f'<h2>trials.png</h2><div class="grids">{figure(trials_png, "trials.png", 900)}</div>'
     best_config = store.read_text("best_config.yaml")
     if best_config:
         html += f"<h2>best_config.yaml</h2><pre>{escape(best_config)}</pre>"
