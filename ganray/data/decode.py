@@ -77,7 +77,9 @@ def decode_image(data: bytes | None, name: str, resolution: int, channels: int) 
                 img.load()
                 return fit(img, resolution, channels)
     except Image.UnidentifiedImageError:
-        raise DataError(f"{name}: not a readable image (expected png, jpg, jpeg, webp or bmp)") from None
+        raise DataError(
+            f"{name}: not a readable image: unknown format or damaged header (expected png, jpg, jpeg, webp or bmp)"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{name}: refused as a possible decompression bomb ({e})") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...

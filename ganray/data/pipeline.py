@@ -97,15 +97,17 @@ def _decoded_dataset(prep: Prepared, cfg: DataConfig):
     plan = prep.plan
     columns = [plan.image_column] + ([plan.label_column] if plan.label_column else [])
     ds = ray.data.read_parquet(
-        [e.path for e in plan.files], filesystem=prep.fs, columns=columns, include_paths=True,
-        partitioning=None, shuffle="files", override_num_blocks=len(blocks),
-    )
+        [e.path for e in plan.files], filesystem=prep.fs, include_paths=True, partitioning=None,
+        override_num_blocks=len(blocks),
+    ).select_columns(columns + ["path"])  # projection is pushed down into the reader
     kwargs = {"image_column": plan.image_column, "label_column": plan.label_column, **size}
     return ds.map_batches(decode_parquet_batch, batch_size=None, fn_kwargs=kwargs)
 
 
 def _probe(prep: Prepared, cfg: DataConfig) -> None:
     """Streaming sources: decode a few files here so systematic problems fail before training."""
+    if PROBE_FILES <= 0:
+        return
     rows = subset(prep.num_rows, PROBE_FILES)
     errors = []
     for data, name in _encoded(prep, rows):

@@ -105,14 +105,14 @@ def check_labels(labels: np.ndarray | None, num_classes: int | None, source: str
             raise DataError(f"data.num_classes={num_classes} is set, but data.source {source!r} has no labels")
         return None
     if num_classes is not None:
+        if known is not None and known > num_classes:
+            raise DataError(f"data.source {source!r} has {known} class folders but data.num_classes={num_classes}")
         bad = (labels < 0) | (labels >= num_classes)
         if bad.any():
             raise DataError(
                 f"data.source {source!r}: {int(bad.sum())} labels outside [0, {num_classes}) "
                 f"(data.num_classes={num_classes}), e.g. {sorted(set(labels[bad].tolist()))[:5]}"
             )
-        if known is not None and known > num_classes:
-            raise DataError(f"data.source {source!r} has {known} class folders but data.num_classes={num_classes}")
         return num_classes
     if len(labels) and labels.min() < 0:
         raise DataError(f"data.source {source!r} has negative labels (min {int(labels.min())}); labels must be 0..K-1")
