@@ -277,3 +277,16 @@ def test_report_renders_in_chromium_without_network(tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (1600, 1280)
     assert pixels[:, :640].std() > 20, "the screenshot is blank"
+
+
+def test_failed_run_shows_the_error_escaped(tmp_path):
+    run = tmp_path / "odd"
+    make_run(run, fid_every=100)
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(status="failed", stop_reason="error", error="RuntimeError: loss is <nan> & D exploded",
+                   data="<folder>")
+    (run / "summary.json").write_text(json.dumps(summary))
+    html = report.build_report(str(run))
+    assert "RuntimeError: loss is &lt;nan&gt; &amp; D exploded" in html and "<nan>" not in html
+    assert "data: &lt;folder&gt;" in html and 'class="badge bad">failed<' in html
+    assert "Error" in _parse(html).h2 and "no eval" in html
