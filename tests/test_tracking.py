@@ -164,3 +164,15 @@ def test_mlflow_metrics_images_and_resume(tmp_path, cfg, monkeypatch):
     assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == [10, 20, 30]
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     assert any("samples" in p and p.endswith(".png") for p in images)
+
+
+def test_tensorboard_logdir_out_shows_runs_and_trials_side_by_side(tmp_path, cfg):
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    out = tmp_path / "runs"
+    for run_dir in (out / "solo", out / "search" / "trial_0", out / "search" / "trial_1"):
+        with Tracker(str(run_dir), cfg) as tracker:
+            tracker.log(1, {"loss_d": 1.0})
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out))  # what `tensorboard --logdir runs` does
+    mux.Reload()
+    assert set(mux.Runs()) == {"solo/tb", "search/trial_0/tb", "search/trial_1/tb"}
