@@ -53,6 +53,8 @@ def config_from_args(args: argparse.Namespace):
     flag_keys = {"data": "data.source", "workers": "train.workers", "kimg": "train.kimg", "steps": "train.steps",
                  "max_minutes": "train.max_minutes", "seed": "train.seed", "out": "run.out", "gpu": "train.use_gpu",
                  "name": "run.name"}
+    if getattr(args, "tune_name", False):
+        flag_keys.pop("name")  # for `tune`, --name names the experiment, not one run
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:

@@ -132,6 +132,7 @@ def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
         "config": cfg.to_dict(),
         "run_dir": run_dir,
         "num_classes": num_classes,
+        "num_rows": info.num_rows,
         "threads": threads_per_worker(cfg),
         "fallback_checkpoints": _local_checkpoints(run_dir) if resume else [],
         "eval": _prepare_eval(cfg, info),
@@ -175,6 +176,9 @@ def build_trainer(p: Prepared, *, callbacks=()):
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         datasets={"train": p.dataset},
+        # Ordered execution: with one worker the data order is reproducible, so a resumed run
+        # continues bit-exactly where an uninterrupted one would be.
+        dataset_config=ray.train.DataConfig(execution_options=_ordered()),
         run_config=ray.train.RunConfig(
             name=p.name,
             storage_path=storage_root(cfg.run.out),
@@ -187,6 +191,12 @@ def build_trainer(p: Prepared, *, callbacks=()):
             callbacks=list(callbacks),
         ),
     )
+
+
+def _ordered():
+    from ray.data import ExecutionOptions
+
+    return ExecutionOptions(preserve_order=True)
 
 
 def describe_failure(err: BaseException) -> str:

@@ -118,14 +118,24 @@ def _fmt(v):
     return "" if v is None else v
 
 
+_COLOURS = [(200, 40, 40), (40, 90, 200), (30, 150, 60), (220, 140, 0), (140, 60, 170), (0, 160, 170),
+            (120, 120, 120), (230, 80, 160)]
+
+
 def plot_curve(points: list[tuple[float, float]], width: int = 480, height: int = 300) -> np.ndarray:
-    """A small line plot (y against x) as a uint8 RGB image; no plotting library needed."""
+    return plot_curves({"FID": points}, width=width, height=height, ylabel="FID", legend=False)
+
+
+def plot_curves(series: dict[str, list[tuple[float, float]]], width: int = 560, height: int = 340,
+                ylabel: str = "FID", legend: bool = True) -> np.ndarray:
+    """Line plots (y against kimg) as a uint8 RGB image; no plotting library needed."""
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 60, width - 15, 15, height - 35
-    xs, ys = zip(*points)
+    left, right, top, bottom = 60, width - (130 if legend else 15), 15, height - 35
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
     draw.rectangle([left, top, right, bottom], outline="black")
@@ -133,15 +143,19 @@ def plot_curve(points: list[tuple[float, float]], width: int = 480, height: int 
     def px(x, y):
         return (left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
 
-    if len(points) > 1:
-        draw.line([px(x, y) for x, y in points], fill=(200, 40, 40), width=2)
-    for x, y in points:
-        cx, cy = px(x, y)
-        draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=(200, 40, 40))
+    for i, (label, pts) in enumerate(series.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        if len(pts) > 1:
+            draw.line([px(x, y) for x, y in pts], fill=colour, width=2)
+        for x, y in pts:
+            cx, cy = px(x, y)
+            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
+        if legend:
+            draw.text((right + 8, top + 14 * i), str(label)[:18], fill=colour)
     draw.text((left, bottom + 8), f"kimg {x0:.3g} .. {x1:.3g}", fill="black")
     draw.text((5, top), f"{y1:.4g}", fill="black")
     draw.text((5, bottom - 10), f"{y0:.4g}", fill="black")
-    draw.text((left + 5, top + 3), "FID", fill="black")
+    draw.text((left + 5, top + 3), ylabel, fill="black")
     return np.asarray(img)
 
 

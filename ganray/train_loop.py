@@ -35,11 +35,20 @@ def _noise_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + stream * 15_485_863) % (2**63 - 1)
 
 
-def _batches(shard, cfg: Config, rank: int, device: torch.device, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (real, labels) batches; each epoch reshuffled with a seed from the run seed."""
+def _batches(shard, cfg: Config, rank: int, device: torch.device, *, rows_per_rank: int,
+             consumed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (real, labels) batches; each epoch reshuffled with a seed from the run seed.
+
+    `consumed` batches are skipped first, so a resumed run continues mid-epoch exactly where
+    the interrupted one stopped (bit-exact with one worker; with several, Ray Data assigns
+    blocks to workers dynamically, so the split itself can differ between runs).
+    """
+    B = cfg.train.batch_size_per_worker
+    per_epoch = max(rows_per_rank // B, 1)
+    epoch, skip = divmod(consumed, per_epoch)
     while True:
         it = shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size_per_worker,
+            batch_size=B,
             drop_last=True,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
             local_shuffle_seed=_noise_seed(cfg.train.seed, rank, epoch, stream=1) % (2**31),
@@ -50,10 +59,13 @@ def _batches(shard, cfg: Config, rank: int, device: torch.device, epoch: int = 0
         got = False
         for batch in it:
             got = True
+            if skip:
+                skip -= 1
+                continue
             yield batch["image"], batch["label"]
         if not got:
             raise RuntimeError(
-                f"worker {rank} received no full batch of {cfg.train.batch_size_per_worker} images: "
+                f"worker {rank} received no full batch of {B} images: "
                 "the dataset is smaller than workers x batch_size_per_worker"
             )
         epoch += 1
@@ -114,7 +126,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         _record_workers(None, world)
     evaluator = _make_evaluator(cfg, loop_config, device)
 
-    batches = _batches(ray.train.get_dataset_shard("train"), cfg, rank, device, epoch=st.step)
+    batches = _batches(ray.train.get_dataset_shard("train"), cfg, rank, device,
+                       rows_per_rank=loop_config.get("num_rows", 0) // world, consumed=st.step * cfg.optim.d_steps)
     B, conditional = cfg.train.batch_size_per_worker, cfg.model.conditional
     images_per_step = B * world * cfg.optim.d_steps
     total_steps = _total_steps(cfg, world)

@@ -1,0 +1,184 @@
+"""Driver side of `ganray tune`: scheduler, concurrency, Tuner, results tables and plot."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ganray.config import Config, ConfigError
+from ganray.runfolder import RunFolder, storage_root
+from ganray.tune import GANStopper, apply_params, to_tune_space, trial_driver, validate_space
+
+DRIVER_CPU = 0.1  # a trial's driver only waits on its TorchTrainer
+
+
+def tune_base_config(cfg: Config) -> Config:
+    """Trials report only at evaluations: Tune's schedulers need `fid` in every result."""
+    cfg = cfg.model_copy(deep=True)
+    if cfg.eval.features == "none":
+        raise ConfigError("ganray tune stops trials on FID: set eval.features to auto, classifier or inception")
+    every = cfg.eval.every_kimg or cfg.train.report_every_kimg
+    cfg.eval.every_kimg = every
+    cfg.train.report_every_kimg = every
+    cfg.train.checkpoint_every_kimg = every
+    return cfg
+
+
+def max_concurrent(workers_per_trial: int, use_gpu: bool) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    if use_gpu:
+        return max(1, int(res.get("GPU", 0) // workers_per_trial))
+    # Each trial: K worker CPUs + its driver's fraction; keep one CPU for Ray Data.
+    return max(1, int((res.get("CPU", 1) - 1) // (workers_per_trial + DRIVER_CPU)))
+
+
+def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if name == "asha":
+        return ASHAScheduler(time_attr="kimg", max_t=max_kimg, grace_period=grace_kimg, reduction_factor=2)
+    if name == "pbt":
+        from ray import tune
+
+        mutations = {k: v for k, v in to_tune_space(space).items() if not isinstance(v, dict)}
+        return PopulationBasedTraining(time_attr="kimg", perturbation_interval=grace_kimg,
+                                       hyperparam_mutations=mutations)
+    if name == "fifo":
+        return FIFOScheduler()
+    raise ConfigError(f"unknown scheduler {name!r}; choose asha, pbt or fifo")
+
+
+def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_samples: int = 4,
+             scheduler: str = "asha", max_concurrent_trials: int | None = None, workers_per_trial: int = 1,
+             resume: bool = False, searcher: str | None = None, verbose: int = 1) -> dict[str, Any]:
+    import ray
+    from ray import tune
+
+    from ganray.launch import _use_gpu, ensure_ray
+
+    base = base.model_copy(deep=True)
+    base.train.workers = workers_per_trial
+    base = tune_base_config(base)
+    validate_space(space, base)
+    ensure_ray(workers_per_trial)
+    root = storage_root(base.run.out)
+    exp_dir = f"{root}/{name}"
+    runs_dir = f"{exp_dir}/runs"
+    stopper = GANStopper(**stopping)
+    t0 = time.time()
+    trainable = tune.with_resources(trial_driver, {"cpu": DRIVER_CPU})
+    if resume:
+        if not Path(exp_dir).is_dir():
+            raise ConfigError(f"--resume: no experiment named {name!r} under {root}")
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if Path(exp_dir).exists():
+            raise ConfigError(f"experiment folder {exp_dir} exists; pass --resume or choose another --name")
+        max_kimg = base.train.kimg or 1e9
+        param_space = {**to_tune_space(space), "__base__": base.to_dict(), "__runs__": runs_dir}
+        concurrency = max_concurrent_trials or max_concurrent(workers_per_trial, _use_gpu(base))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric="fid", mode="min", num_samples=num_samples,
+                scheduler=make_scheduler(scheduler, max_kimg, base.eval.every_kimg, space),
+                search_alg=_searcher(searcher, space),
+                max_concurrent_trials=concurrency,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=root, stop=stopper.as_tune_stopper(), verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=0),
+                progress_reporter=tune.CLIReporter(
+                    parameter_columns=list(space), metric_columns=["kimg", "fid", "loss_d", "loss_g"],
+                    max_report_frequency=15),
+            ),
+        )
+    grid = tuner.fit()
+    return write_results(grid, base, space, stopper, exp_dir, time.time() - t0)
+
+
+def _searcher(name: str | None, space: dict):
+    if not name or name == "random":
+        return None
+    if name == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError as e:
+            raise ConfigError("--searcher optuna needs the extra: pip install 'ganray[optuna]'") from e
+        return OptunaSearch()
+    raise ConfigError(f"unknown searcher {name!r}; choose random or optuna")
+
+
+def write_results(grid, base: Config, space: dict, stopper: GANStopper, exp_dir: str, wall_s: float) -> dict:
+    import pandas as pd
+
+    rows = []
+    for res in grid:
+        cfg_params = {k: v for k, v in (res.config or {}).items() if not k.startswith("__")}
+        df = res.metrics_dataframe
+        fids = df["fid"].dropna().tolist() if df is not None and "fid" in df else []
+        m = res.metrics or {}
+        trial_id = m.get("trial_id") or Path(res.path).name
+        reason = stopper.reasons.get(trial_id)
+        if reason is None:
+            reason = "error" if res.error else (m.get("stop_reason") or "") if m.get("done") else "asha"
+        rows.append({
+            "trial_id": trial_id, **cfg_params,
+            "best_fid": min(fids) if fids else math.nan,
+            "last_fid": fids[-1] if fids else math.nan,
+            "kimg": m.get("kimg", 0.0),
+            "stop_reason": reason,
+            "wall_s": m.get("time_total_s", 0.0),
+            "checkpoint": m.get("checkpoint_dir_name") or m.get("_checkpoint_path") or "",
+            "run_dir": f"{exp_dir}/runs/{trial_id}",
+            "curve": ";".join(f"{k:g}:{f:g}" for k, f in zip(df["kimg"], df["fid"])) if fids else "",
+        })
+    table = pd.DataFrame(rows).sort_values("best_fid", na_position="last")
+    out = RunFolder(exp_dir)
+    out.write_text("results.csv", table.to_csv(index=False))
+    table.to_parquet(f"{exp_dir}/results.parquet", index=False)
+    best_row = table.iloc[0] if len(table) else None
+    summary = {"trials": len(table), "wall_s": wall_s, "best_fid": None, "best_trial": None,
+               "total_trial_s": float(table["wall_s"].sum()) if len(table) else 0.0,
+               "total_kimg": float(table["kimg"].sum()) if len(table) else 0.0}
+    if best_row is not None and not math.isnan(best_row["best_fid"]):
+        best_cfg = apply_params(base, {k: best_row[k] for k in space})
+        best_cfg.run.name = None
+        out.write_text("best_config.yaml", yaml.safe_dump(_plain(best_cfg.to_dict()), sort_keys=False))
+        summary.update(best_fid=float(best_row["best_fid"]), best_trial=best_row["trial_id"])
+    _plot_trials(out, rows)
+    out.write_json("summary.json", summary)
+    return summary | {"table": table, "exp_dir": exp_dir}
+
+
+def _plain(d):
+    if isinstance(d, dict):
+        return {k: _plain(v) for k, v in d.items()}
+    if hasattr(d, "item"):
+        return d.item()
+    return d
+
+
+def _plot_trials(out: RunFolder, rows: list[dict]) -> None:
+    from ganray.runfolder import plot_curves
+
+    series = {}
+    for r in rows:
+        pts = [tuple(map(float, p.split(":"))) for p in r["curve"].split(";") if p]
+        if pts:
+            series[r["trial_id"]] = pts
+    if series:
+        out.write_png("trials.png", plot_curves(series, ylabel="FID"))
+
+
+def experiment_name(name: str | None) -> str:
+    return name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
