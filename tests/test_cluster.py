@@ -1,6 +1,6 @@
-"""A real two-node Ray cluster on this machine, driven from outside as a user would drive one.
+"""cluster.yaml (schema and security), and a real two-node Ray cluster on this machine.
 
-Each node is `ray start --block` in a session of its own, with its own --temp-dir under a private
+The cluster is driven from outside as a user would drive one. Each node is `ray start --block` in a session of its own, with its own --temp-dir under a private
 folder and free ports, and token authentication on (RAY_AUTH_MODE=token, token file mode 600).
 The pytest process never connects to it: jobs go through `python -m ganray.cli submit` and checks
 through the Jobs HTTP API, so the session `ray_session` fixture can coexist with it. Teardown
@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,15 +29,76 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="teardown reads /proc"),
-    pytest.mark.skipif(shutil.which("ray") is None, reason="the `ray` CLI is not on PATH"),
-]
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 150
+
+
+def _needs_local_cluster(test: Callable) -> Callable:
+    for mark in (
+        pytest.mark.ray,
+        pytest.mark.skipif(not sys.platform.startswith("linux"), reason="teardown reads /proc"),
+        pytest.mark.skipif(shutil.which("ray") is None, reason="the `ray` CLI is not on PATH"),
+    ):
+        test = mark(test)
+    return test
+
+
+# --- cluster.yaml ---
+
+
+MULTI_GPU_TYPES = {"g5.12xlarge", "g5.24xlarge", "g5.48xlarge", "g6.12xlarge", "p4d.24xlarge", "p5.48xlarge"}
+
+
+@pytest.fixture(scope="module")
+def cluster_yaml() -> dict:
+    return yaml.safe_load((REPO / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_matches_rays_schema(cluster_yaml):
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(cluster_yaml, schema)
+    # What `ray up` itself does before launching anything: AWS defaults filled in, then checked.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(cluster_yaml))
+    workers = {k: v for k, v in cluster_yaml["available_node_types"].items() if k != cluster_yaml["head_node_type"]}
+    assert workers and all(0 <= w["min_workers"] <= w["max_workers"] for w in workers.values())
+    assert all(w["node_config"]["InstanceType"] in MULTI_GPU_TYPES for w in workers.values())
+
+
+def test_cluster_yaml_ingress_is_ssh_from_your_group_only(cluster_yaml):
+    text = (REPO / "cluster.yaml").read_text()
+    config_lines = "\n".join(line.split("#")[0] for line in text.splitlines())
+    assert "0.0.0.0/0" not in config_lines and "::/0" not in config_lines
+    # Ray creates a group with SSH open to 0.0.0.0/0 for any node type without SecurityGroupIds,
+    # and `provider.security_group` only adds rules to it (ray/autoscaler/_private/aws/config.py).
+    assert "security_group" not in cluster_yaml["provider"]
+    for name, node_type in cluster_yaml["available_node_types"].items():
+        groups = node_type["node_config"].get("SecurityGroupIds")
+        assert groups and all(isinstance(g, str) and g.startswith("sg-") for g in groups), name
+
+
+def test_cluster_yaml_authenticates_every_node_with_a_mounted_token_file(cluster_yaml):
+    text = (REPO / "cluster.yaml").read_text()
+    mounts = cluster_yaml["file_mounts"]
+    assert mounts.get("~/.ray/auth_token", "").startswith(("~/", "/")), "mount the token from a local file"
+    assert any("chmod 600 ~/.ray/auth_token" in c for c in cluster_yaml["setup_commands"])
+    # Never the token itself in the file, nor in a job or node environment.
+    assert not re.search(r"\b[0-9a-f]{32,}\b", text) and "RAY_AUTH_TOKEN=" not in text
+    starts = cluster_yaml["head_start_ray_commands"] + cluster_yaml["worker_start_ray_commands"]
+    for command in (c for c in starts if "ray start" in c):
+        assert command.index("RAY_AUTH_MODE=token") < command.index("ray start"), command
+        assert "RAY_AUTH_MODE=disabled" not in command
+    head_start = next(c for c in cluster_yaml["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+
+
+# --- a local two-node cluster ---
 
 
 @dataclass
@@ -186,6 +248,7 @@ def _ganray(cluster: LocalCluster, *args: str, cwd: Path = REPO, timeout: int = 
     )
 
 
+@_needs_local_cluster
 def test_jobs_api_requires_the_token(cluster):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(cluster.url + "/api/jobs/", timeout=10)
@@ -196,6 +259,7 @@ def test_jobs_api_requires_the_token(cluster):
     assert isinstance(_api(cluster, "/api/jobs/"), list)  # the same request with the token passes
 
 
+@_needs_local_cluster
 def test_failing_job_fails_submit_and_shows_the_error(cluster, tmp_path):
     (tmp_path / "boom.py").write_text("import sys\nraise ValueError('ganray-test-boom ' + ' '.join(sys.argv[1:]))\n")
     r = _ganray(cluster, "submit", "--address", cluster.url, "--no-pip", "--working-dir", str(tmp_path),
@@ -232,6 +296,7 @@ def _train_unavailable() -> str | None:
     return None
 
 
+@_needs_local_cluster
 def test_training_job_spreads_workers_over_both_nodes(cluster, mnist_dir, tmp_path):
     reason = _train_unavailable()
     if reason:
