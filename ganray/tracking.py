@@ -168,8 +168,8 @@ class Tracker:
         if _is_uri(self.run_dir):
             # Event files are appended to; object stores cannot append.  Write locally and
             # copy the folder to <run_dir>/tb every SYNC_EVERY_S and at close.
+            # A resumed attempt's new event file joins the earlier ones already at the URI.
             self._tb_local = tempfile.mkdtemp(prefix="ganray-tb-")
-            self._pull_remote_events()
         log_dir = self._tb_local or self.tb_dir
         # purge_step: after a restart from the checkpoint at resume_step, TensorBoard hides the
         # events the crashed attempt wrote past that step instead of drawing them twice.
@@ -180,25 +180,22 @@ class Tracker:
             layout = {"ganray": {title: ["Multiline", tags] for title, tags in _MULTILINE.items()}}
             self._tb.add_custom_scalars(layout)
 
-    def _pull_remote_events(self) -> None:
-        # On resume the earlier attempt's event files live only at the URI; bring them back so
-        # the next sync does not leave them behind (copy_files only adds and overwrites).
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(self.tb_dir)
-        if fs.get_file_info(path).type == pafs.FileType.Directory:
-            pafs.copy_files(path, self._tb_local, source_filesystem=fs)
-
-    def _sync(self, force: bool = False) -> None:
+    def _sync(self, force: bool = False) -> bool:
+        """Copy the local event files to <run_dir>/tb; False (and a warning) if that failed."""
         if self._tb_local is None or not (force or time.monotonic() - self._last_sync > SYNC_EVERY_S):
-            return
+            return True
         import pyarrow.fs as pafs
 
-        self._tb.flush()
-        fs, path = pafs.FileSystem.from_uri(self.tb_dir)
-        fs.create_dir(path, recursive=True)
-        pafs.copy_files(self._tb_local, path, destination_filesystem=fs)
         self._last_sync = time.monotonic()
+        try:
+            fs, path = pafs.FileSystem.from_uri(self.tb_dir)
+            fs.create_dir(path, recursive=True)
+            pafs.copy_files(self._tb_local, path, destination_filesystem=fs)
+        except OSError as e:  # storage hiccup: events stay local, the next sync retries
+            logger.warning("copying TensorBoard events to %s failed (%s); local copy in %s",
+                           self.tb_dir, e, self._tb_local)
+            return False
+        return True
 
     # --- MLflow and W&B through Ray's integrations ---
 
@@ -270,7 +267,9 @@ class Tracker:
                 self._tb.add_scalar(scalar_tag(key), value, step)
             if grid is not None:
                 self._tb.add_image("samples", grid, step, dataformats="HWC")
-            self._sync()
+            if self._tb_local is not None:
+                self._tb.flush()
+                self._sync()
         # Extras must not end a long GAN run on a network hiccup: warn and carry on.
         if self._mlflow is not None:
             self._guard("mlflow", self._log_mlflow, step, values, grid)
@@ -308,8 +307,7 @@ class Tracker:
             self._guard("wandb", lambda: self._wandb.finish())
         if self._tb is not None:
             self._tb.close()
-            self._sync(force=True)
-            if self._tb_local is not None:
+            if self._sync(force=True) and self._tb_local is not None:
                 shutil.rmtree(self._tb_local, ignore_errors=True)
 
     def __enter__(self) -> "Tracker":

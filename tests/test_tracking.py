@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,6 +103,18 @@ def test_uri_run_dir_syncs_events(tmp_path, cfg):
     acc = _events(tmp_path / "remote" / "r" / "tb")
     assert [(e.step, e.value) for e in acc.Scalars("loss/loss_g")] == [(1, 0.25), (2, 0.5)]
     assert len(acc.Images("samples")) == 1
+
+
+def test_failed_upload_warns_and_keeps_the_local_events(tmp_path, cfg, caplog):
+    remote = tmp_path / "remote" / "r"
+    remote.mkdir(parents=True)
+    (remote / "tb").write_text("a file where the folder should be")
+    with Tracker(remote.as_uri(), cfg) as tracker:
+        tracker.log(1, {"loss_g": 0.25})
+        local = tracker._tb_local
+    assert any("copying TensorBoard events" in r.getMessage() for r in caplog.records)
+    assert [e.value for e in _events(Path(local)).Scalars("loss/loss_g")] == [0.25]
+    shutil.rmtree(local)
 
 
 def test_bad_inputs_name_the_culprit(tmp_path, cfg, caplog):
