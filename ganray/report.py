@@ -8,6 +8,7 @@ network request, so it can be mailed, attached to an issue or opened on an air-g
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from html import escape
@@ -224,19 +225,18 @@ def experiment_report(path: str) -> str:
     name = store.path.rsplit("/", 1)[-1]
     body = (f"<header><h1>{escape(name)}</h1><span class=\"sub\">Tune experiment, {len(trials)} trials: "
             + ", ".join(f"{n} {escape(s)}" for s, n in sorted(statuses.items())) + "</span></header>"
-            + _best_trial(store, ranked[0], keys) + f'<h2>Curves</h2><div class="charts">{overlay}</div>'
-            + f"<h2>Trials (sorted by best FID)</h2>{_trials_table(store, ranked, keys, metric, colors)}"
+            + _best_trial(ranked[0], keys) + f'<h2>Curves</h2><div class="charts">{overlay}</div>'
+            + f"<h2>Trials (sorted by best FID)</h2>{_trials_table(ranked, keys, metric, colors)}"
             + _experiment_files(store))
     return page(f"ganray: {name}", body, store.path)
 
 
-def _trials_table(store: Store, ranked: list[RunRecord], keys: list[str], metric: str,
-                  colors: dict[str, str]) -> str:
+def _trials_table(ranked: list[RunRecord], keys: list[str], metric: str, colors: dict[str, str]) -> str:
     rows, classes = [], []
     for i, t in enumerate(ranked):
         best = t.best_fid()
         last = t.grids[-1] if t.grids else None
-        thumb = img_tag(store.child(t.name).read_bytes(f"samples/grid_{last:08d}.png"), "latest", 96) if last else ""
+        thumb = img_tag(Store(t.path).read_bytes(f"samples/grid_{last:08d}.png"), "latest", 96) if last else ""
         flat = _flatten(t.config or {})
         stop = f" {escape(str(t.stop_reason))}" if t.stop_reason else ""
         rows.append([str(i + 1), f'<span class="sw" style="background:{colors[t.name]}"></span>{escape(t.name)}',
@@ -250,13 +250,13 @@ def _trials_table(store: Store, ranked: list[RunRecord], keys: list[str], metric
     return table(header, rows, numeric={0, 2, 3, 4}, row_classes=classes)
 
 
-def _best_trial(store: Store, best: RunRecord, keys: list[str]) -> str:
+def _best_trial(best: RunRecord, keys: list[str]) -> str:
     """The winner's samples at its best FID next to its numbers and searched values."""
     if not best.best_fid():
         return ""
     fid, kimg, step = best.best_fid()
     grid = best.grid_near(step)
-    data = store.child(best.name).read_bytes(f"samples/grid_{grid:08d}.png") if grid is not None else None
+    data = Store(best.path).read_bytes(f"samples/grid_{grid:08d}.png") if grid is not None else None
     flat = _flatten(best.config or {})
     params = [[escape(k), escape(fmt(flat.get(k), "g"))] for k in keys]
     cards = "".join([card("best FID", f"{fid:.2f}", True), card("at kimg", format_kimg(kimg)),
@@ -268,6 +268,13 @@ def _best_trial(store: Store, best: RunRecord, keys: list[str]) -> str:
 
 def _experiment_files(store: Store) -> str:
     html = ""
+    summary = store.read_text("summary.json")
+    if summary:
+        try:
+            items = json.loads(summary).items()
+        except (json.JSONDecodeError, AttributeError):
+            raise RunReadError(f"{store.path}/summary.json is not a JSON object") from None
+        html += "<h2>Summary</h2>" + table(["key", "value"], [[escape(str(k)), escape(fmt(v, ".6g"))] for k, v in items])
     trials_png = store.read_bytes("trials.png")
     if trials_png:
         html += f'<h2>trials.png</h2><div class="grids">{figure(trials_png, "trials.png", 900)}</div>'

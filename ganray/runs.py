@@ -109,6 +109,8 @@ class RunRecord:
     metrics: dict[str, list[float]] = field(default_factory=dict)
     grids: list[int] = field(default_factory=list)  # steps with samples/grid_<step>.png
     metrics_mtime: float | None = None
+    # A Tune trial's row of the experiment's results.csv (stop reason from the stopper/scheduler).
+    results: dict[str, str] | None = None
 
     def last(self, column: str) -> float | None:
         for v in reversed(self.metrics.get(column, [])):
@@ -123,12 +125,15 @@ class RunRecord:
     def status(self) -> str:
         if self._summary("status"):
             return str(self._summary("status"))
+        if self.results is not None:
+            reason = self.stop_reason or "completed"
+            return {"error": "failed", "completed": "finished"}.get(reason, "stopped")
         recent = self.metrics_mtime is not None and time.time() - self.metrics_mtime < RUNNING_WINDOW_S
         return "running" if recent else "incomplete"
 
     @property
     def stop_reason(self) -> str | None:
-        return self._summary("stop_reason")
+        return self._summary("stop_reason") or (self.results or {}).get("stop_reason") or None
 
     @property
     def data(self) -> str | None:
@@ -182,13 +187,21 @@ def is_run(store: Store) -> bool:
     return any(store.exists(f) for f in ("metrics.csv", "summary.json", "config.yaml"))
 
 
+def trial_folders(store: Store) -> list[Store]:
+    """Trial run folders of an experiment: <exp>/runs/<trial_id>/ (ganray tune) or <exp>/<trial>/."""
+    found = []
+    for parent in ([store.child("runs")] if store.is_dir("runs") else []) + [store]:
+        found += [parent.child(n) for n, is_dir in parent.list() if is_dir and is_run(parent.child(n))]
+    return found
+
+
 def is_experiment(store: Store) -> bool:
-    """A Tune experiment folder: results.csv, or trial sub-folders and no metrics of its own."""
+    """A Tune experiment folder: results.csv, or trial run folders and no metrics of its own."""
     if store.exists("results.csv"):
         return True
     if store.exists("metrics.csv"):
         return False
-    return any(is_dir and is_run(store.child(n)) for n, is_dir in store.list())
+    return bool(trial_folders(store))
 
 
 def read_run(path: str, name: str | None = None) -> RunRecord:
@@ -222,9 +235,20 @@ def _load(store: Store, rel: str, parse, error) -> dict[str, Any] | None:
 
 
 def read_trials(path: str) -> list[RunRecord]:
-    """The trial run folders of a Tune experiment folder, named by their folder."""
+    """The trials of a Tune experiment folder, named by their folder, with their results.csv row."""
     store = Store(path)
-    return [read_run(store.child(n).path) for n, is_dir in store.list() if is_dir and is_run(store.child(n))]
+    results = {}
+    text = store.read_text("results.csv")
+    if text:
+        for row in csv.DictReader(io.StringIO(text)):
+            key = row.get("trial_id") or (row.get("run_dir") or "").rstrip("/").rsplit("/", 1)[-1]
+            results[key] = row
+    trials = []
+    for folder in trial_folders(store):
+        record = read_run(folder.path)
+        record.results = results.get(record.name)
+        trials.append(record)
+    return trials
 
 
 def find_runs(out_dir: str) -> list[RunRecord]:

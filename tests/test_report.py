@@ -143,14 +143,20 @@ def test_run_without_summary_is_running_then_incomplete(tmp_path):
     assert "no summary.json yet" in html and "incomplete" in html and "Quality" not in html
 
 
-def _experiment(tmp_path: Path) -> tuple[Path, list[tuple[str, float]]]:
+def _experiment(tmp_path: Path, nested: bool = True) -> tuple[Path, list[tuple[str, float]]]:
+    """`ganray tune`'s layout: trial run folders under runs/ (no summary.json of their own),
+    results.csv with the stopper's reasons, and the experiment's summary.json."""
     exp = tmp_path / "out" / "search1"
-    trials = [("trial_a", 3e-4, 1.5), ("trial_b", 1e-4, 0.7), ("trial_c", 2e-4, 1.1)]
-    for i, (name, lr, scale) in enumerate(trials):
-        make_run(exp / name, lr_g=lr, fid_scale=scale, seed=i)
-    (exp / "results.csv").write_text("trial,fid\n" + "".join(f"{n},{s}\n" for n, _, s in trials))
+    trials = [("trial_a", 3e-4, 1.5, "asha"), ("trial_b", 1e-4, 0.7, "completed"), ("trial_c", 2e-4, 1.1, "error")]
+    lines = ["trial_id,optim.lr_g,best_fid,kimg,stop_reason,run_dir"]
+    for i, (name, lr, scale, reason) in enumerate(trials):
+        folder = exp / "runs" / name if nested else exp / name
+        make_run(folder, lr_g=lr, fid_scale=scale, seed=i, summary=not nested)
+        lines.append(f"{name},{lr},{scale},0.768,{reason},{folder}")
+    (exp / "results.csv").write_text("\n".join(lines) + "\n")
     (exp / "best_config.yaml").write_text("optim:\n  lr_g: 0.0001\n")
-    return exp, [(n, s) for n, _, s in trials]
+    (exp / "summary.json").write_text(json.dumps({"trials": 3, "best_fid": 15.17, "best_trial": "trial_b"}))
+    return exp, [(n, s) for n, _, s, _ in trials]
 
 
 def test_experiment_report_ranks_trials_by_best_fid(tmp_path):
@@ -159,7 +165,10 @@ def test_experiment_report_ranks_trials_by_best_fid(tmp_path):
     order = [m.group(1) for m in re.finditer(r"</span>(trial_\w)</td>", html)]
     assert order == [n for n, _ in sorted(trials, key=lambda t: t[1])]
     assert "<th>optim.lr_g</th>" in html and "<th>model.g_width</th>" not in html
-    assert "Best trial: trial_b" in html and "best_config.yaml" in html
+    assert "Best trial: trial_b" in html and "best_config.yaml" in html and "best_trial" in html
+    statuses = re.findall(r'</span>(trial_\w)</td>.*?class="badge \w*">(\w+)</span> (\w+)</td>', html)
+    assert statuses == [("trial_b", "finished", "completed"), ("trial_c", "failed", "error"),
+                        ("trial_a", "stopped", "asha")]
     page = _parse(html)
     assert len(page.imgs) == 1 + len(trials)  # best trial's grid + one thumbnail per trial
     assert html.count('class="spark"') == len(trials)
@@ -176,7 +185,7 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_runs_table_lists_runs_and_trials(tmp_path, capsys):
-    _experiment(tmp_path)
+    _experiment(tmp_path, nested=False)  # trial folders right below the experiment, each with summary.json
     make_run(tmp_path / "out" / "solo", summary=False, fid_every=100)
     (tmp_path / "out" / "not_a_run").mkdir()
     assert _cli(["runs", str(tmp_path / "out"), "--sort", "fid"]) == 0
