@@ -40,6 +40,8 @@ CHART_GROUPS: list[tuple[str, list[tuple[str, list[str], bool]]]] = [
 _NOT_CHARTED = {"step", "kimg", "wall_s", "kid_std"}
 # Measured only on eval reports: points joined across the rows between evaluations.
 _EVAL_COLUMNS = {"fid", "kid", "is", "precision", "recall", "mode_entropy", "eval_s"}
+# Rates, fractions and counters are read against zero; losses and logits against their range.
+_FROM_ZERO = {"img_per_s", "data_wait_frac", "eval_s", "nan_skips", "rollbacks", "ada_p"}
 PROGRESS_GRIDS = 8
 
 
@@ -71,7 +73,7 @@ def _charts(record: RunRecord) -> str:
             wide = cols == ["fid"]  # the number a GAN run is judged by gets the room
             svgs.append(line_chart(series, title=title, x_label=x_label, log_y=log_y,
                                    width=796 if wide else 392, height=300 if wide else 240,
-                                   mark_min="fid" if wide else None))
+                                   mark_min="fid" if wide else None, include_zero=bool(_FROM_ZERO & set(cols))))
         if svgs:
             html.append(f'<h2>{escape(section)}</h2><div class="charts">{"".join(svgs)}</div>')
     return "".join(html)
@@ -103,7 +105,7 @@ def _samples(record: RunRecord, store: Store) -> str:
         figures.append(figure(store.read_bytes(f"samples/grid_{step:08d}.png"),
                                _grid_caption(record, f"best FID {best[0]:.2f}", step)))
     picks = _spread(record.grids, PROGRESS_GRIDS)
-    strip = "".join(figure(store.read_bytes(f"samples/grid_{s:08d}.png"), _grid_caption(record, "", s)[2:], 150)
+    strip = "".join(figure(store.read_bytes(f"samples/grid_{s:08d}.png"), _grid_caption(record, "", s)[2:], 124)
                     for s in picks)
     return (f'<h2>Samples (fixed noise)</h2><div class="grids">{"".join(figures)}</div>'
             f'<h2>Progress</h2><div class="strip">{strip}</div>')

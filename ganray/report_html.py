@@ -57,20 +57,24 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
-def img_tag(data: bytes | None, alt: str, target_px: int = 420) -> str:
-    """An <img> with the PNG inline, scaled by a whole factor so pixels stay sharp."""
+def img_tag(data: bytes | None, alt: str, target_px: int = 560) -> str:
+    """An <img> with the PNG inline, about target_px wide.
+
+    Small grids are enlarged by a whole factor with pixelated rendering, so a 16 px sample
+    stays a crisp 16 x 16 block of pixels instead of a blur; larger ones are shrunk smoothly.
+    """
     if not data:
         return f'<div class="sub">({escape(alt)}: no image)</div>'
-    size = png_size(data)
-    style = ""
+    size, attrs = png_size(data), ' class="px"'
     if size:
-        scale = max(1, min(8, target_px // max(size[0], 1)))
-        style = f' width="{size[0] * scale}" height="{size[1] * scale}"'
+        w, h = size
+        scale = max(1, min(8, target_px // max(w, 1))) if w <= target_px else target_px / w
+        attrs = (' class="px"' if scale >= 1 else "") + f' width="{round(w * scale)}" height="{round(h * scale)}"'
     b64 = base64.b64encode(data).decode("ascii")
-    return f'<img class="px" alt="{escape(alt)}"{style} src="data:image/png;base64,{b64}">'
+    return f'<img{attrs} alt="{escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def figure(data: bytes | None, caption: str, target_px: int = 420) -> str:
+def figure(data: bytes | None, caption: str, target_px: int = 560) -> str:
     return f"<figure>{img_tag(data, caption, target_px)}<figcaption>{escape(caption)}</figcaption></figure>"
 
 

@@ -94,7 +94,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 def line_chart(series: list[Series], *, title: str, x_label: str = "kimg", y_label: str = "",
                width: int = 392, height: int = 240, log_y: bool = False,
-               mark_min: str | None = None, legend: bool = True) -> str:
+               mark_min: str | None = None, legend: bool = True, include_zero: bool = False) -> str:
     """An SVG line chart; mark_min names the series whose minimum gets a labelled marker."""
     series = [s for s in series if _finite_pairs(s)]
     legend = legend and len(series) > 1  # one line: the title already names it
@@ -109,7 +109,10 @@ def line_chart(series: list[Series], *, title: str, x_label: str = "kimg", y_lab
     ty = (lambda y: math.log10(y)) if log_y else (lambda y: y)
     pts = [(x, ty(y)) for s in series for x, y in _finite_pairs(s)]
     x0, x1 = _padded(min(p[0] for p in pts), max(p[0] for p in pts))
-    y0, y1 = _padded(min(p[1] for p in pts), max(p[1] for p in pts))
+    lo, hi = min(p[1] for p in pts), max(p[1] for p in pts)
+    if include_zero and not log_y:  # rates and fractions: the axis from 0 keeps noise small
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    y0, y1 = _padded(lo, hi)
 
     def px(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * pw
