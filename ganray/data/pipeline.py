@@ -3,13 +3,14 @@
 Shape of every pipeline:
 
     source rows --map_batches(decode / fit)--> uint8 N x H x W x C at the target size
-               --materialize (small data: decode once, and every bad file is known up front)
-               --randomize_block_order (a fresh block order every epoch)
+               --materialize (decode once; every bad file is known before training)
                --map_batches(to_model_batch)--> "image" float32 N x C x H x W in [-1, 1], "label" int64
+               --materialize (when the floats fit FLOAT_CACHE_MAX_BYTES)
+               --randomize_block_order (a fresh block order every epoch)
 
 Decoding, resizing and scaling all run in Ray Data tasks, never on the training workers, whose
-only job is `iter_torch_batches`. Data too large to cache decoded streams instead: bad files then
-surface (or are skipped) while iterating.
+only job is `iter_torch_batches`. Data too large to cache decoded streams instead (files shuffled
+per epoch): bad files then surface, by name, or are skipped while iterating.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ganray.data.sources import Prepared, prepare, subset
 ROWS_PER_BLOCK = 512  # ~0.5 MB of uint8 32x32 per block: tens of blocks for 10k-60k images
 MAX_BLOCKS = 64
 MATERIALIZE_MAX_BYTES = 2 << 30  # decoded uint8 bytes above which a source streams instead
+FLOAT_CACHE_MAX_BYTES = 1 << 30  # float32 rows up to this size are cached in the object store
 PROBE_FILES = 8  # files decoded on the caller before a streaming pipeline starts
 SEED = 0  # fixed row permutation of in-memory and file sources (data may be sorted by class)
 
@@ -71,8 +73,12 @@ def _bad_images_error(errors: list[str], total: int) -> DataError:
 # --- load_dataset ---
 
 
-def _decoded_dataset(prep: Prepared, cfg: DataConfig):
-    """Lazy Ray Dataset of {"image" uint8 NHWC at target size, "label", "error"}."""
+def _decoded_dataset(prep: Prepared, cfg: DataConfig, stream: bool):
+    """Lazy Ray Dataset of {"image" uint8 NHWC at target size, "label", "error"}.
+
+    Rows follow a fixed permutation (sources are often sorted by class); a streaming dataset
+    also shuffles its files afresh every epoch.
+    """
     import ray
     from ray.data.extensions import ArrowTensorArray
 
@@ -89,7 +95,8 @@ def _decoded_dataset(prep: Prepared, cfg: DataConfig):
         class_index = {c: i for i, c in enumerate(prep.folder.class_names)}
         paths = [prep.folder.files[i].path for i in order]
         ds = ray.data.read_binary_files(
-            paths, include_paths=True, filesystem=prep.fs, override_num_blocks=len(blocks)
+            paths, include_paths=True, filesystem=prep.fs, override_num_blocks=len(blocks),
+            shuffle="files" if stream else None,
         )
         return ds.map_batches(
             decode_files_batch, batch_size=None, fn_kwargs={"root": prep.root, "class_index": class_index, **size}
@@ -98,7 +105,7 @@ def _decoded_dataset(prep: Prepared, cfg: DataConfig):
     columns = [plan.image_column] + ([plan.label_column] if plan.label_column else [])
     ds = ray.data.read_parquet(
         [e.path for e in plan.files], filesystem=prep.fs, include_paths=True, partitioning=None,
-        override_num_blocks=len(blocks),
+        override_num_blocks=len(blocks), shuffle="files" if stream else None,
     ).select_columns(columns + ["path"])  # projection is pushed down into the reader
     kwargs = {"image_column": plan.image_column, "label_column": plan.label_column, **size}
     return ds.map_batches(decode_parquet_batch, batch_size=None, fn_kwargs=kwargs)
@@ -119,40 +126,50 @@ def _probe(prep: Prepared, cfg: DataConfig) -> None:
         raise _bad_images_error(errors, len(rows))
 
 
-def load_dataset(data_cfg: DataConfig, *, materialize_max_bytes: int | None = None):
+def _count_bad(decoded, prep: Prepared, cfg: DataConfig) -> int:
+    """Bad images in a materialized decode: all named in one DataError, or counted when skipping."""
+    errors = [
+        str(e)
+        for batch in decoded.select_columns(["error"]).iter_batches(batch_size=None, batch_format="numpy")
+        for e in batch["error"]
+        if e
+    ]
+    if errors and not cfg.skip_bad_images:
+        raise _bad_images_error(errors, prep.num_rows)
+    if len(errors) == prep.num_rows:
+        raise DataError(f"data.source {cfg.source!r}: none of its {len(errors)} images can be decoded")
+    return len(errors)
+
+
+def load_dataset(
+    data_cfg: DataConfig, *, materialize_max_bytes: int | None = None, float_cache_max_bytes: int | None = None
+):
     """(Ray Dataset with "image" float32 C x H x W in [-1, 1] and "label" int64 (-1: none), DatasetInfo).
 
     Checks run before anything trains: the listing, headers and labels on the caller, then (for
-    data that fits `materialize_max_bytes` decoded, default 2 GiB) every image is decoded once
-    into Ray's object store and every bad file is reported by name, or counted when
-    data.skip_bad_images is set.
+    data whose decoded uint8 fits `materialize_max_bytes`, default 2 GiB) every image is decoded
+    once into Ray's object store and every bad file is reported by name, or counted when
+    data.skip_bad_images is set. When the float32 rows fit `float_cache_max_bytes` (default
+    1 GiB) they are cached too, so an epoch is only a block shuffle plus `iter_torch_batches`
+    (a per-epoch map_batches task per block costs ~8x the throughput on small images).
     """
     prep = prepare(data_cfg.source, data_cfg.num_classes)
-    decoded = _decoded_dataset(prep, data_cfg)
-    limit = MATERIALIZE_MAX_BYTES if materialize_max_bytes is None else materialize_max_bytes
-    skipped = 0
-    if prep.num_rows * data_cfg.resolution**2 * data_cfg.channels <= limit:
-        decoded = decoded.materialize()
-        errors = [
-            str(e)
-            for batch in decoded.select_columns(["error"]).iter_batches(batch_size=None, batch_format="numpy")
-            for e in batch["error"]
-            if e
-        ]
-        if errors and not data_cfg.skip_bad_images:
-            raise _bad_images_error(errors, prep.num_rows)
-        skipped = len(errors)
-        if skipped == prep.num_rows:
-            raise DataError(f"data.source {data_cfg.source!r}: none of its {skipped} images can be decoded")
-        if prep.plan is not None:  # Parquet rows may be sorted by class: shuffle them once
-            decoded = decoded.random_shuffle(seed=SEED).materialize()
-        decoded = decoded.randomize_block_order()
-    elif prep.raw is None:
-        _probe(prep, data_cfg)
-    ds = decoded.map_batches(
-        to_model_batch, batch_size=None, fn_kwargs={"skip_bad_images": data_cfg.skip_bad_images},
-        udf_modifying_row_count=skipped > 0 or prep.raw is None,
-    )
+    pixels = prep.num_rows * data_cfg.resolution**2 * data_cfg.channels
+    stream = pixels > (MATERIALIZE_MAX_BYTES if materialize_max_bytes is None else materialize_max_bytes)
+    decoded = _decoded_dataset(prep, data_cfg, stream)
+    to_model = {"fn": to_model_batch, "batch_size": None, "fn_kwargs": {"skip_bad_images": data_cfg.skip_bad_images}}
+    if stream:
+        if prep.raw is None:
+            _probe(prep, data_cfg)
+        return decoded.map_batches(**to_model), _info(prep, data_cfg, 0)
+    decoded = decoded.materialize()
+    skipped = _count_bad(decoded, prep, data_cfg)
+    if prep.plan is not None:  # Parquet rows may be sorted by class: shuffle them once
+        decoded = decoded.random_shuffle(seed=SEED).materialize()
+    if 4 * pixels <= (FLOAT_CACHE_MAX_BYTES if float_cache_max_bytes is None else float_cache_max_bytes):
+        ds = decoded.map_batches(**to_model).materialize().randomize_block_order()
+    else:
+        ds = decoded.randomize_block_order().map_batches(**to_model)
     return ds, _info(prep, data_cfg, skipped)
 
 
