@@ -184,6 +184,9 @@ class RunRecord:
 
 
 def is_run(store: Store) -> bool:
+    # An experiment folder has a summary.json too; its results.csv tells it apart.
+    if store.exists("results.csv"):
+        return False
     return any(store.exists(f) for f in ("metrics.csv", "summary.json", "config.yaml"))
 
 
@@ -196,12 +199,11 @@ def trial_folders(store: Store) -> list[Store]:
 
 
 def is_experiment(store: Store) -> bool:
-    """A Tune experiment folder: results.csv, or trial run folders and no metrics of its own."""
-    if store.exists("results.csv"):
+    """A Tune experiment folder: ganray's results.csv (written at the end), or Tune's own
+    tuner.pkl / experiment_state-*.json (there while the trials run)."""
+    if store.exists("results.csv") or store.exists("tuner.pkl"):
         return True
-    if store.exists("metrics.csv"):
-        return False
-    return bool(trial_folders(store))
+    return any(n.startswith("experiment_state") and not is_dir for n, is_dir in store.list())
 
 
 def read_run(path: str, name: str | None = None) -> RunRecord:

@@ -173,6 +173,11 @@ def test_experiment_report_ranks_trials_by_best_fid(tmp_path):
     assert len(page.imgs) == 1 + len(trials)  # best trial's grid + one thumbnail per trial
     assert html.count('class="spark"') == len(trials)
     assert not re.search(r"https?://", html)
+    # While the trials run there is no results.csv yet; Tune's experiment state marks the folder.
+    (exp / "results.csv").unlink()
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    html = report.build_report(str(exp))
+    assert html.count('class="badge run">running</span>') == len(trials)
 
 
 def _cli(argv: list[str]) -> int:
@@ -197,6 +202,7 @@ def test_runs_table_lists_runs_and_trials(tmp_path, capsys):
     assert cells[1:4] == ["digits", "0.768", f"{(200 / 12 + 5) * 0.7:.2f}"]
     assert cells[4:] == ["1m05s", "stopped", "(max_minutes)"]
     assert lines[-1].split()[1:] == ["digits", "0.768", "-", "30s", "running"]
+    assert runs.find_runs(str(tmp_path)) == []  # one level too high: no experiment row posing as a run
 
 
 def test_cli_writes_report_and_rejects_bad_folders(tmp_path, capsys):
