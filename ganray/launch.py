@@ -38,6 +38,7 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
     """
     import ray
 
+    _quiet_ray_data()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -47,6 +48,18 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
         return
     cpus = os.cpu_count() or 1
     ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False, **kwargs)
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's per-dataset banners would break the single progress line; its logs stay in files."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def threads_per_worker(cfg: Config) -> int:
@@ -160,6 +173,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ganray.faults import forwarded_env
     from ganray.train_loop import train_worker
 
     cfg = p.cfg
@@ -189,6 +203,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
                 checkpoint_score_order="min",
             ),
             callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": forwarded_env()} if forwarded_env() else None,
         ),
     )
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ganray import checkpoint as ckpt_io
-from ganray import dist
+from ganray import dist, faults
 from ganray.augment import diff_augment
 from ganray.config import Config, from_dict
 from ganray.runfolder import RunFolder, image_grid, to_uint8
@@ -153,11 +153,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
         # (1) update D: maximise log D(x) + log(1 - D(G(z))) -- d_steps real batches, on logits;
         # (2) update G: maximise log D(G(z)) (non-saturating) through the frozen, unwrapped D.
+        faults.maybe_die(st.step, rank)
+        faults.maybe_poison_weight(G, st.step, rank)
         reals = []
         for _ in range(cfg.optim.d_steps):
             t0 = time.perf_counter()
             real, labels = next(batches)
             wait_s += time.perf_counter() - t0
+            if faults.nan_batch(st.step, rank):
+                real = real * float("nan")
             reals.append((real, labels if conditional else None))
         n_z = cfg.optim.d_steps + (1 if cfg.optim.d_steps > 1 else 0)
         zs = [torch.randn(B, cfg.model.latent_dim, device=device, generator=gen) for _ in range(n_z)]

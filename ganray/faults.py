@@ -1,0 +1,60 @@
+"""Fault-injection hooks for the reliability tests, driven by GANRAY_FAULT_* variables.
+
+Off unless a variable is set; the launcher forwards these variables to the workers.
+- GANRAY_FAULT_NAN_STEPS="a-b"   rank 0 feeds NaN images to D at steps a..b (a NaN loss)
+- GANRAY_FAULT_NAN_WEIGHT_AT=s   rank 0 sets one G weight to NaN before step s
+- GANRAY_FAULT_KILL_AT=s         rank GANRAY_FAULT_KILL_RANK (default 0) SIGKILLs itself at step s,
+                                 once: GANRAY_FAULT_MARKER names a file created just before
+- GANRAY_FAULT_RAISE_AT=s        rank GANRAY_FAULT_KILL_RANK raises RuntimeError at step s (every attempt)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+PREFIX = "GANRAY_FAULT_"
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(PREFIX)}
+
+
+def _int(name: str) -> int | None:
+    v = os.environ.get(PREFIX + name)
+    return int(v) if v not in (None, "") else None
+
+
+def _target_rank() -> int:
+    return _int("KILL_RANK") or 0
+
+
+def nan_batch(step: int, rank: int) -> bool:
+    span = os.environ.get(PREFIX + "NAN_STEPS")
+    if not span or rank != 0:
+        return False
+    lo, _, hi = span.partition("-")
+    return int(lo) <= step <= int(hi or lo)
+
+
+def maybe_poison_weight(G: torch.nn.Module, step: int, rank: int) -> None:
+    if rank == 0 and _int("NAN_WEIGHT_AT") == step:
+        with torch.no_grad():
+            next(G.parameters()).view(-1)[0] = float("nan")
+
+
+def maybe_die(step: int, rank: int) -> None:
+    if rank != _target_rank():
+        return
+    if _int("RAISE_AT") == step:
+        raise RuntimeError(f"injected failure at step {step} on rank {rank}")
+    if _int("KILL_AT") == step:
+        marker = os.environ.get(PREFIX + "MARKER")
+        if marker and Path(marker).exists():
+            return
+        if marker:
+            Path(marker).write_text(str(step))
+        os.kill(os.getpid(), signal.SIGKILL)
