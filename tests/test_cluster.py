@@ -115,6 +115,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _api(cluster: LocalCluster, path: str, token: str | None = None) -> Any:
     request = urllib.request.Request(cluster.url + path)
     request.add_header("Authorization", f"Bearer {cluster.token if token is None else token}")
@@ -228,7 +233,8 @@ def cluster():
             f"--temp-dir={root / 'head'}",
         ], node_env, logs[0]))
         c = LocalCluster(f"http://127.0.0.1:{dashboard}", token, client_env, root)
-        _wait_for(lambda: len(_alive_node_ids(c)) == 1, "head node up", procs, logs)
+        # The second node needs only the GCS; the dashboard comes up meanwhile.
+        _wait_for(lambda: _port_open(gcs), "head GCS listening", procs, logs)
         procs.append(_ray_start([
             f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
             f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=2", '--resources={"second_node": 1}',
@@ -241,9 +247,23 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
+# `ganray submit` / `ganray jobs` as registered in ganray.cli (checked in test_submit.py), without
+# importing the other subcommands' modules (torch): a few seconds less per call on 2 cores.
+_CLI = (
+    "import argparse, sys\n"
+    "from ganray import jobs\n"
+    "parser = argparse.ArgumentParser(prog='ganray')\n"
+    "sub = parser.add_subparsers()\n"
+    "jobs.add_submit_parser(sub)\n"
+    "jobs.add_jobs_parser(sub)\n"
+    "args = parser.parse_args()\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
 def _ganray(cluster: LocalCluster, *args: str, cwd: Path = REPO, timeout: int = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ganray.cli", *args], cwd=cwd, env=cluster.client_env,
+        [sys.executable, "-c", _CLI, *args], cwd=cwd, env=cluster.client_env,
         capture_output=True, text=True, timeout=timeout,
     )
 

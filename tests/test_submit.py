@@ -135,6 +135,15 @@ def test_token_sources_describe_without_revealing(monkeypatch, tmp_path):
 # --- the CLI ---
 
 
+def test_cli_registers_submit_and_jobs():
+    from ganray.cli import build_parser
+
+    args = build_parser().parse_args(["submit", "--no-wait", "jobs/train.py", "--", "--workers", "2"])
+    assert args.func is submit.run_submit and args.args[-2:] == ["--workers", "2"]
+    args = build_parser().parse_args(["jobs", "stop", "raysubmit_x"])
+    assert args.func is jobs.run_jobs and args.job_id == "raysubmit_x"
+
+
 def test_submit_parses_script_and_its_arguments():
     args = _parser().parse_args(["submit", "--no-pip", "jobs/train.py", "--", "--workers", "2", "--set", "a.b=1"])
     assert (args.script, args.no_pip, args.func) == ("jobs/train.py", True, submit.run_submit)
@@ -195,11 +204,23 @@ def fake_dashboard():
         server.server_close()
 
 
+# `ganray jobs` as ganray.cli registers it (test above), without importing the other
+# subcommands' modules (torch), which would cost seconds per call on 2 cores.
+_CLI = (
+    "import argparse, sys\n"
+    "from ganray import jobs\n"
+    "parser = argparse.ArgumentParser(prog='ganray')\n"
+    "jobs.add_jobs_parser(parser.add_subparsers())\n"
+    "args = parser.parse_args()\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
 def _cli(url: str, home: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API"))}
     clean.update(HOME=str(home), PYTHONPATH=str(REPO), **env)
     return subprocess.run(
-        [sys.executable, "-m", "ganray.cli", "jobs", "list", "--address", url],
+        [sys.executable, "-c", _CLI, "jobs", "list", "--address", url],
         env=clean, capture_output=True, text=True, timeout=120,
     )
 
