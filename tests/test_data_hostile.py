@@ -89,6 +89,18 @@ def test_all_images_bad_is_an_error_even_when_skipping(tmp_path):
         load_arrays(cfg(root, skip_bad_images=True))
 
 
+def test_file_vanishing_before_read_is_named(tmp_path, monkeypatch):
+    from ganray.data import pipeline
+
+    root = folder(tmp_path, {"a.png": good(1), "gone.png": good(2)})
+    stale = pipeline.prepare(str(root), None)
+    (root / "gone.png").unlink()
+    monkeypatch.setattr(pipeline, "prepare", lambda *args: stale)
+    with pytest.raises(DataError, match=r"cannot read '.*gone\.png'"):
+        load_arrays(cfg(root))
+    assert load_arrays(cfg(root, skip_bad_images=True))[2].skipped == 1
+
+
 # --- odd but valid images are converted ---
 
 
@@ -319,4 +331,12 @@ def test_ray_bad_image_fails_at_load_or_is_counted(ray_session, tmp_path, monkey
     assert "DataError" in str(err.value) and "broken.jpg" in str(err.value)
     ds, _ = load_dataset(cfg(root, skip_bad_images=True), materialize_max_bytes=0)
     assert len(ds.take_all()) == 2
+    # a file that vanishes between the listing and the read
+    from ganray.data import pipeline
+
+    stale = pipeline.prepare(str(root), None)
+    (root / "b.png").unlink()
+    monkeypatch.setattr(pipeline, "prepare", lambda *args: stale)
+    with pytest.raises(DataError, match=r"reading data.source .* failed: .*b\.png"):
+        load_dataset(cfg(root, skip_bad_images=True))
 

@@ -16,6 +16,7 @@ per epoch): bad files then surface, by name, or are skipped while iterating.
 from __future__ import annotations
 
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -116,14 +117,20 @@ def _probe(prep: Prepared, cfg: DataConfig) -> None:
     if PROBE_FILES <= 0:
         return
     rows = subset(prep.num_rows, PROBE_FILES)
-    errors = []
-    for data, name in _encoded(prep, rows):
-        try:
-            decode_image(data, name, cfg.resolution, cfg.channels)
-        except DataError as e:
-            errors.append(str(e))
+    _, _, errors = _decode_all(_encoded(prep, rows), cfg)
     if errors and (not cfg.skip_bad_images or len(errors) == len(rows)):
         raise _bad_images_error(errors, len(rows))
+
+
+def _root_cause(err: BaseException) -> str:
+    """"SomeError: message" of the innermost error; Ray errors carry it as traceback text."""
+    import ray
+
+    if not isinstance(err, ray.exceptions.RayError):
+        return f"{type(err).__name__}: {err}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    return (named or lines or [type(err).__name__])[0]
 
 
 def _count_bad(decoded, prep: Prepared, cfg: DataConfig) -> int:
@@ -156,13 +163,18 @@ def load_dataset(
     prep = prepare(data_cfg.source, data_cfg.num_classes)
     pixels = prep.num_rows * data_cfg.resolution**2 * data_cfg.channels
     stream = pixels > (MATERIALIZE_MAX_BYTES if materialize_max_bytes is None else materialize_max_bytes)
-    decoded = _decoded_dataset(prep, data_cfg, stream)
     to_model = {"fn": to_model_batch, "batch_size": None, "fn_kwargs": {"skip_bad_images": data_cfg.skip_bad_images}}
-    if stream:
-        if prep.raw is None:
-            _probe(prep, data_cfg)
-        return decoded.map_batches(**to_model), _info(prep, data_cfg, 0)
-    decoded = decoded.materialize()
+    try:
+        decoded = _decoded_dataset(prep, data_cfg, stream)
+        if stream:
+            if prep.raw is None:
+                _probe(prep, data_cfg)
+            return decoded.map_batches(**to_model), _info(prep, data_cfg, 0)
+        decoded = decoded.materialize()
+    except DataError:
+        raise
+    except Exception as e:  # a file vanished or became unreadable since the listing, network errors
+        raise DataError(f"reading data.source {data_cfg.source!r} failed: {_root_cause(e)}") from e
     skipped = _count_bad(decoded, prep, data_cfg)
     if prep.plan is not None:  # Parquet rows may be sorted by class: shuffle them once
         decoded = decoded.random_shuffle(seed=SEED).materialize()
@@ -176,20 +188,34 @@ def load_dataset(
 # --- load_arrays ---
 
 
-def _encoded(prep: Prepared, rows: np.ndarray) -> list[tuple[bytes, str]]:
-    """(encoded bytes, name) of file-backed rows; files are fetched in threads (remote stores)."""
+def _encoded(prep: Prepared, rows: np.ndarray) -> list[tuple[bytes | DataError, str]]:
+    """(encoded bytes, or the read error, and a name) of file-backed rows, fetched in threads."""
     if prep.plan is not None:
         return read_parquet_images(prep.fs, prep.plan, rows)
     paths = [prep.folder.files[i].path for i in rows]
 
-    def fetch(path: str) -> bytes | None:
+    def fetch(path: str) -> bytes | DataError:
         try:
             return read_bytes(prep.fs, path)
-        except DataError:
-            return None  # reported by decode_image as an unreadable (empty) file
+        except DataError as e:
+            return e
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    with ThreadPoolExecutor(max_workers=16) as pool:  # I/O bound on object stores
         return list(zip(pool.map(fetch, paths), paths))
+
+
+def _decode_all(encoded, cfg: DataConfig) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """Decoded images, the indices they came from, and one message per bad image."""
+    images, keep, errors = [], [], []
+    for i, (data, name) in enumerate(encoded):
+        try:
+            if isinstance(data, DataError):
+                raise data
+            images.append(decode_image(data, name, cfg.resolution, cfg.channels))
+            keep.append(i)
+        except DataError as e:
+            errors.append(str(e))
+    return images, keep, errors
 
 
 def load_arrays(data_cfg: DataConfig, limit: int | None = None):
@@ -205,13 +231,7 @@ def load_arrays(data_cfg: DataConfig, limit: int | None = None):
     labels = prep.labels[rows] if prep.labels is not None else None
     if prep.raw is not None:
         return fit_array(prep.raw.x[rows], *size), labels, _info(prep, data_cfg, 0)
-    images, keep, errors = [], [], []
-    for i, (data, name) in enumerate(_encoded(prep, rows)):
-        try:
-            images.append(decode_image(data, name, *size))
-            keep.append(i)
-        except DataError as e:
-            errors.append(str(e))
+    images, keep, errors = _decode_all(_encoded(prep, rows), data_cfg)
     if errors and not data_cfg.skip_bad_images:
         raise _bad_images_error(errors, len(rows))
     if not images:
