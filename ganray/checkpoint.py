@@ -41,9 +41,12 @@ def _atomic_write_bytes(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with _suppress():
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:
+            # write() errors carry no file name; a full or read-only disk must say which file.
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
@@ -57,15 +60,14 @@ class _suppress:
 
 def save(directory: str | Path, state: dict[str, Any], cfg: Config, sample_state_dict: dict) -> Path:
     """Write a checkpoint into `directory` (created). `state` must be weights_only-safe."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(d / STATE_FILE, lambda f: torch.save(state, f))
     tensors = {k: v.detach().cpu().contiguous() for k, v in sample_state_dict.items()}
-    tmp = d / f".{GENERATOR_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "ganray-generator-v1"})
-    os.replace(tmp, d / GENERATOR_FILE)
+    blob = safetensors_bytes(tensors, metadata={"format": "ganray-generator-v1"})
+    _atomic_write_bytes(d / GENERATOR_FILE, lambda f: f.write(blob))
     _atomic_write_bytes(d / "config.yaml", lambda f: f.write(cfg.to_yaml().encode()))
     meta = {"step": state.get("step"), "kimg": state.get("images_seen", 0) / 1000, "fid": state.get("fid"),
             "num_classes": state.get("num_classes")}
@@ -80,7 +82,17 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle opcode, or an unsafe global
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {_reason(e)}") from None
+
+
+def _reason(err: Exception) -> str:
+    """One line: torch's weights_only refusal spans several lines (the file name would be lost
+    to callers that show the last line) and advises weights_only=False, which we never do."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    unsafe = [line for line in lines if "GLOBAL" in line]
+    if unsafe:
+        return f"refused to unpickle code (weights_only=True): {unsafe[0]}"
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def load_config(directory: str | Path) -> Config:
