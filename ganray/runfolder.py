@@ -47,9 +47,15 @@ class RunFolder:
         self.fs.create_dir(parent, recursive=True)
         if self.local:
             tmp = f"{parent}/.{os.path.basename(dest)}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dest)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, dest)
+            except OSError as e:
+                # A full or read-only disk: leave the previous file and no temp file; name the file.
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise OSError(e.errno, e.strerror or str(e), dest) from e
         else:
             with self.fs.open_output_stream(dest) as f:
                 f.write(data)
