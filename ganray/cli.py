@@ -46,6 +46,21 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (else RAY_ADDRESS, else a local Ray)")
 
 
+# Flags whose value is a path or a name, taken as typed: unquoted, YAML would read
+# `--name 2024` as an int, `--name yes` as a bool and `--name null` as "no name".
+_STRING_FLAGS = ("data", "out", "name")
+
+
+def _yaml_str(text: str) -> str:
+    """A YAML double-quoted scalar that parses back to exactly `text`."""
+    def esc(c: str) -> str:
+        if c.isprintable() and c not in '"\\':
+            return c
+        return f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+
+    return '"' + "".join(esc(c) for c in text) + '"'
+
+
 def config_from_args(args: argparse.Namespace):
     from ganray.config import load_config
 
@@ -58,7 +73,7 @@ def config_from_args(args: argparse.Namespace):
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:
-            overrides.append(f"{key}={value}")
+            overrides.append(f"{key}={_yaml_str(value) if attr in _STRING_FLAGS else value}")
     if getattr(args, "steps", None) is not None and getattr(args, "kimg", None) is None:
         overrides.append("train.kimg=null")
     return load_config(args.config, overrides, preset=args.preset)
