@@ -6,6 +6,9 @@ Off unless a variable is set; the launcher forwards these variables to the worke
 - GANRAY_FAULT_KILL_AT=s         rank GANRAY_FAULT_KILL_RANK (default 0) SIGKILLs itself at step s,
                                  once: GANRAY_FAULT_MARKER names a file created just before
 - GANRAY_FAULT_RAISE_AT=s        rank GANRAY_FAULT_KILL_RANK raises RuntimeError at step s (every attempt)
+- GANRAY_FAULT_NAN_ONCE=1        the NaN faults fire at most once per step in a worker process, so a
+                                 NaN rollback replays those steps cleanly (a transient fault); unset,
+                                 they fire every time the step is reached (a persistent one)
 """
 
 from __future__ import annotations
@@ -32,16 +35,28 @@ def _target_rank() -> int:
     return _int("KILL_RANK") or 0
 
 
+_fired: set[tuple[str, int]] = set()
+
+
+def _first_time(kind: str, step: int) -> bool:
+    if not _int("NAN_ONCE"):
+        return True
+    if (kind, step) in _fired:
+        return False
+    _fired.add((kind, step))
+    return True
+
+
 def nan_batch(step: int, rank: int) -> bool:
     span = os.environ.get(PREFIX + "NAN_STEPS")
     if not span or rank != 0:
         return False
     lo, _, hi = span.partition("-")
-    return int(lo) <= step <= int(hi or lo)
+    return int(lo) <= step <= int(hi or lo) and _first_time("batch", step)
 
 
 def maybe_poison_weight(G: torch.nn.Module, step: int, rank: int) -> None:
-    if rank == 0 and _int("NAN_WEIGHT_AT") == step:
+    if rank == 0 and _int("NAN_WEIGHT_AT") == step and _first_time("weight", step):
         with torch.no_grad():
             next(G.parameters()).view(-1)[0] = float("nan")
 
