@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ganray.config import EvalConfig
 from ganray.metrics import build_feature_net
@@ -17,20 +16,19 @@ from ganray.metrics.realdata import RealData
 
 
 def mnist_subset(mnist_dir, n: int, resolution: int = 32) -> RealData:
-    """The first n MNIST test images, padded 28 -> 32 px with background, in [-1, 1]."""
+    """The first n MNIST test images, zero-padded 28 -> 32 px (black background), uint8."""
     with gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)[:n]
     with gzip.open(mnist_dir / "t10k-labels-idx1-ubyte.gz") as f:
         y = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
-    images = torch.from_numpy(x.astype(np.float32) / 127.5 - 1)
     pad = (resolution - 28) // 2
-    images = F.pad(images, (pad, pad, pad, pad), value=-1.0)
-    return RealData(images, torch.from_numpy(y.astype(np.int64)), f"mnist-first-{n}", 10)
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return RealData(x, y.astype(np.int64), f"mnist-first-{n}", 10)
 
 
 def test_fit_save_load_and_features(mnist_dir, tmp_path):
     real = mnist_subset(mnist_dir, 1000)
-    net, meta = clf.fit_classifier(real.images, real.labels, dataset_fingerprint=real.fingerprint, epochs=2,
+    net, meta = clf.fit_classifier(real.images(), real.label_tensor(), dataset_fingerprint=real.fingerprint, epochs=2,
                                    heldout=200, batch_size=16)
     assert meta.accuracy > 0.5  # chance is 0.1; ~0.8 measured after these 100 steps
     assert (meta.num_classes, meta.resolution, meta.channels, meta.heldout_images) == (10, 32, 1, 200)
@@ -38,7 +36,7 @@ def test_fit_save_load_and_features(mnist_dir, tmp_path):
 
     loaded, meta2, fingerprint = clf.load_classifier(path)
     assert meta2 == meta and fingerprint.startswith("clf-")
-    x = real.images[:16]
+    x = real.images(np.arange(16))
     torch.testing.assert_close(loaded(x), net(x))
 
     cfg = EvalConfig(features="classifier", classifier_path=str(path))
@@ -85,7 +83,7 @@ def test_auto_trains_on_first_use_then_reuses_the_cached_file(mnist_dir, tmp_pat
 def test_auto_without_labels_or_weights_is_none_with_warning(tmp_path, monkeypatch):
     monkeypatch.delenv("GANRAY_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    unlabelled = RealData(torch.zeros(4, 1, 16, 16), None, "fp-unlabelled", None)
+    unlabelled = RealData(np.zeros((4, 16, 16, 1), np.uint8), None, "fp-unlabelled")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert build_feature_net(EvalConfig(cache_dir=str(tmp_path)), 16, 1, labelled=unlabelled) is None

@@ -88,8 +88,8 @@ class _CountingNet(FeatureNet):
 
 
 def _real(n: int = 40) -> RealData:
-    images = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    return RealData(images, None, "fp-toy", None)
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    return RealData(pixels, None, "fp-toy")
 
 
 def test_real_stats_computed_once_then_loaded(tmp_path):

@@ -140,27 +140,32 @@ def save_classifier(path: str | Path, net: Classifier, meta: ClassifierMeta) -> 
 
 def load_classifier(path: str | Path) -> tuple[Classifier, ClassifierMeta, str]:
     """(net in eval mode, metadata, fingerprint of the file's bytes)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load
-
     path = Path(path)
     if not path.is_file():
         raise ClassifierError(f"classifier file {path} does not exist (make one with `ganray evaluator fit --data SOURCE`)")
-    data = path.read_bytes()
+    return classifier_from_bytes(path.read_bytes(), str(path))
+
+
+def classifier_from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Classifier, ClassifierMeta, str]:
+    """As load_classifier, from the file's contents (shipped to workers that lack the file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
         state = load(data)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ClassifierError(f"cannot read classifier {path}: {e}") from None
+        # safetensors layout: 8-byte little-endian header length, then a JSON header.
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    except (SafetensorError, ValueError, OSError) as e:
+        raise ClassifierError(f"cannot read classifier {name}: {e}") from None
+    metadata = header.get("__metadata__") or {}
     if metadata.get("format") != CLASSIFIER_FORMAT:
-        raise ClassifierError(f"{path} is not a ganray classifier (metadata format {metadata.get('format')!r})")
+        raise ClassifierError(f"{name} is not a ganray classifier (metadata format {metadata.get('format')!r})")
     meta = ClassifierMeta(**json.loads(metadata["meta"]))
     net = Classifier(meta.channels, meta.num_classes, width=meta.width, feature_dim=meta.feature_dim)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise ClassifierError(f"classifier {path} does not match its metadata: {e}") from None
+        raise ClassifierError(f"classifier {name} does not match its metadata: {e}") from None
     fingerprint = "clf-" + hashlib.sha256(data).hexdigest()[:16]
     return net.eval(), meta, fingerprint
 

@@ -203,7 +203,7 @@ def real_stats(feature_net, real, *, num_samples: int, cache_dir=None, keep_feat
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n].sort().values
     stats, kept = FeatureStats(feature_net.dim), []
     for i in range(0, n, batch_size):
-        f = feature_net.features(real.images[order[i : i + batch_size]])
+        f = feature_net.features(real.images(order[i : i + batch_size].numpy()))
         stats.update(f)
         if sum(len(k) for k in kept) < keep_features:
             kept.append(f.cpu())

@@ -27,6 +27,7 @@ class FeatureNet:
         self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
         self._forward = forward
         self.meta = None  # ClassifierMeta for ganray's classifier
+        self.weights_path: Path | None = None  # the file the weights came from
 
     @property
     def device(self) -> torch.device:
@@ -62,8 +63,11 @@ def cache_dir(eval_cfg=None) -> Path:
     return Path(configured or os.environ.get("GANRAY_CACHE") or "~/.cache/ganray").expanduser()
 
 
-def classifier_net(path: str | Path, device: str | torch.device = "cpu") -> FeatureNet:
-    net, meta, fingerprint = clf.load_classifier(path)
+def classifier_net(path_or_bytes: str | Path | bytes, device: str | torch.device = "cpu") -> FeatureNet:
+    if isinstance(path_or_bytes, bytes):
+        net, meta, fingerprint = clf.classifier_from_bytes(path_or_bytes)
+    else:
+        net, meta, fingerprint = clf.load_classifier(path_or_bytes)
     net = net.to(device)
 
     def forward(x):
@@ -73,16 +77,19 @@ def classifier_net(path: str | Path, device: str | torch.device = "cpu") -> Feat
     fn = FeatureNet("classifier", meta.feature_dim, fingerprint, forward, net,
                     meta.resolution, meta.channels, meta.num_classes)
     fn.meta = meta
+    fn.weights_path = None if isinstance(path_or_bytes, bytes) else Path(path_or_bytes)
     return fn
 
 
 def inception_net(weights: str | None = None, device: str | torch.device = "cpu") -> FeatureNet:
-    net, fingerprint = inception.load_inception(weights, device)
+    net, fingerprint, path = inception.load_inception(weights, device)
 
     def forward(x):
         return net(inception.to_uint8_rgb(x))  # (2048-d pool3 features, 1008 unbiased logits)
 
-    return FeatureNet("inception", inception.FEATURE_DIM, fingerprint, forward, net, num_classes=inception.NUM_LOGITS)
+    fn = FeatureNet("inception", inception.FEATURE_DIM, fingerprint, forward, net, num_classes=inception.NUM_LOGITS)
+    fn.weights_path = path
+    return fn
 
 
 def _ensure_classifier(path: Path, dataset_fingerprint: str | None, labelled, log) -> None:
@@ -95,7 +102,8 @@ def _ensure_classifier(path: Path, dataset_fingerprint: str | None, labelled, lo
             )
         if dist.rank() == 0:
             log(f"training the evaluation classifier on {len(labelled)} labelled images (cached at {path})")
-            net, meta = clf.fit_classifier(labelled.images, labelled.labels, dataset_fingerprint=labelled.fingerprint)
+            net, meta = clf.fit_classifier(labelled.images(), labelled.label_tensor(),
+                                           dataset_fingerprint=labelled.fingerprint)
             clf.save_classifier(path, net, meta)
             log(f"evaluation classifier: held-out accuracy {meta.accuracy:.4f}, fit in {meta.fit_seconds:.0f} s")
     dist.barrier()

@@ -97,7 +97,7 @@ def _download() -> Path:
 
 
 def load_inception(weights: str | None = None, device: str | torch.device = "cpu"):
-    """(FeatureExtractorInceptionV3 returning (2048-d pool features, 1008 logits), fingerprint)."""
+    """(FeatureExtractorInceptionV3 returning (2048-d pool features, 1008 logits), fingerprint, weights path)."""
     cls = _import_extractor_class()
     path = local_weights(weights) or _download()
     try:  # torch-fidelity loads with weights_only=False; refuse anything but plain tensors first.
@@ -109,7 +109,7 @@ def load_inception(weights: str | None = None, device: str | torch.device = "cpu
     except RuntimeError as e:  # missing or mis-shaped keys
         raise InceptionUnavailable(f"Inception weights {path} do not fit FeatureExtractorInceptionV3: {e}") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return net.to(device).eval(), f"incv3-{digest}"
+    return net.to(device).eval(), f"incv3-{digest}", path
 
 
 def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:

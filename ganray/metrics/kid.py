@@ -17,15 +17,22 @@ def _as_features(name: str, a) -> np.ndarray:
     return a
 
 
+def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a.b / d + 1)^3 for all row pairs: len(a) x len(b)."""
+    k = a @ b.T
+    k /= a.shape[1]
+    k += 1.0
+    return k * k * k  # cheaper than ** 3 on large float64 arrays
+
+
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 of two equal-size samples x, y (m x d) with the cubic polynomial kernel."""
-    m, d = x.shape
-    k_xx = (x @ x.T / d + 1.0) ** 3
-    k_yy = (y @ y.T / d + 1.0) ** 3
-    k_xy = (x @ y.T / d + 1.0) ** 3
+    m = len(x)
+    k_xx, k_yy, k_xy = _kernel(x, x), _kernel(y, y), _kernel(x, y)
     # Off-diagonal means of k_xx and k_yy (the diagonal would bias the estimate), full mean of k_xy.
-    off = lambda k: (k.sum() - np.trace(k)) / (m * (m - 1))  # noqa: E731
-    return float(off(k_xx) + off(k_yy) - 2.0 * k_xy.mean())
+    off_xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    off_yy = (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(off_xx + off_yy - 2.0 * k_xy.mean())
 
 
 def kid(real, fake, *, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:

@@ -1,7 +1,7 @@
-"""The real images evaluation compares against, as in-memory tensors.
+"""The real images evaluation compares against, held in memory as uint8.
 
-Read through ganray.data's own pipeline (the same decoding, resizing and fingerprint the
-training data gets), so the real statistics describe exactly what G is trained to imitate.
+Read with ganray.data.load_arrays (the same decoding, resizing and fingerprint the training
+pipeline uses, without Ray), so the real statistics describe exactly what G is trained to imitate.
 """
 
 from __future__ import annotations
@@ -14,41 +14,39 @@ import torch
 
 @dataclass
 class RealData:
-    images: torch.Tensor  # float32 N x C x H x W in [-1, 1]
-    labels: torch.Tensor | None  # int64 (N,), None when unlabelled
+    pixels: np.ndarray  # uint8 N x H x W x C
+    labels: np.ndarray | None  # int64 (N,), None when unlabelled
     fingerprint: str  # ganray.data's dataset fingerprint (content, resolution, channels)
-    num_classes: int | None
+    num_classes: int | None = None
     source: str = ""
+
+    def __post_init__(self):
+        if self.pixels.dtype != np.uint8 or self.pixels.ndim != 4:
+            raise ValueError(f"real pixels must be uint8 N x H x W x C, got {self.pixels.dtype} {self.pixels.shape}")
 
     @property
     def resolution(self) -> int:
-        return int(self.images.shape[-1])
+        return int(self.pixels.shape[1])
 
     @property
     def channels(self) -> int:
-        return int(self.images.shape[1])
+        return int(self.pixels.shape[3])
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.pixels)
+
+    def images(self, index=None) -> torch.Tensor:
+        """float32 N x C x H x W in [-1, 1] (x = u8 / 127.5 - 1), all rows or those in `index`."""
+        u8 = self.pixels if index is None else self.pixels[np.asarray(index)]
+        return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+    def label_tensor(self) -> torch.Tensor | None:
+        return None if self.labels is None else torch.from_numpy(np.asarray(self.labels, np.int64))
 
 
-def load_real_data(data_cfg, max_rows: int | None = None, batch_size: int = 1024) -> RealData:
-    """Up to max_rows images (and labels) of data_cfg's source, through ganray.data.
+def load_real_data(data_cfg, max_rows: int | None = None) -> RealData:
+    """Up to max_rows images (a seeded random subset when the source is larger) and labels."""
+    from ganray.data import load_arrays
 
-    Starts a local Ray when none is running (Ray Data reads the source).
-    """
-    from ganray.data import load_dataset
-
-    ds, info = load_dataset(data_cfg)
-    if max_rows is not None and max_rows < info.num_rows:
-        ds = ds.limit(max_rows)
-    images, labels = [], []
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        images.append(np.asarray(batch["image"], np.float32))
-        if "label" in batch:
-            labels.append(np.asarray(batch["label"], np.int64))
-    if not images:
-        raise ValueError(f"data {data_cfg.source!r} yielded no images")
-    x = torch.from_numpy(np.concatenate(images))
-    y = torch.from_numpy(np.concatenate(labels)) if info.num_classes and labels else None
+    x, y, info = load_arrays(data_cfg, limit=max_rows)
     return RealData(x, y, info.fingerprint, info.num_classes if y is not None else None, data_cfg.source)
