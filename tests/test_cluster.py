@@ -199,7 +199,10 @@ def _signal(pids: set[int], sig: int) -> None:
 def _stop(procs: list[subprocess.Popen], marker: str) -> None:
     sessions = {p.pid for p in procs}
     pids = _our_pids(sessions, marker)
-    _signal(pids, signal.SIGTERM)
+    # The `ray start --block` parents only watch their children, and on SIGTERM a head drains
+    # for up to 30 s: kill them outright; everything else gets SIGTERM first, as `ray stop` does.
+    _signal(sessions & pids, signal.SIGKILL)
+    _signal(pids - sessions, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and pids & set(_processes()):
         time.sleep(0.2)
