@@ -113,6 +113,10 @@ def test_idx_plain_and_gzip_agree_and_share_fingerprint(tmp_path, mnist_dir):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert a[2].fingerprint == b[2].fingerprint
     assert load_arrays(cfg(mnist_dir, resolution=32), limit=1)[2].fingerprint != b[2].fingerprint
+    images = bytearray((tmp_path / "t10k-images-idx3-ubyte").read_bytes())
+    images[-1] ^= 0xFF  # one pixel of the last image changes
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(bytes(images))
+    assert load_arrays(cfg(tmp_path, resolution=16), limit=1)[2].fingerprint != b[2].fingerprint
 
 
 def test_channels_three_replicates_grey(mnist_dir):
