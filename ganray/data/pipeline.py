@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,9 @@ from ganray.data.decode import (
 )
 from ganray.data.files import read_parquet_images
 from ganray.data.sources import Prepared, prepare, subset
+
+if TYPE_CHECKING:
+    import ray.data
 
 ROWS_PER_BLOCK = 512  # ~0.5 MB of uint8 32x32 per block: tens of blocks for 10k-60k images
 MAX_BLOCKS = 64
@@ -150,7 +154,7 @@ def _count_bad(decoded, prep: Prepared, cfg: DataConfig) -> int:
 
 def load_dataset(
     data_cfg: DataConfig, *, materialize_max_bytes: int | None = None, float_cache_max_bytes: int | None = None
-):
+) -> tuple[ray.data.Dataset, DatasetInfo]:
     """(Ray Dataset with "image" float32 C x H x W in [-1, 1] and "label" int64 (-1: none), DatasetInfo).
 
     Checks run before anything trains: the listing, headers and labels on the caller, then (for
@@ -218,7 +222,7 @@ def _decode_all(encoded, cfg: DataConfig) -> tuple[list[np.ndarray], list[int], 
     return images, keep, errors
 
 
-def load_arrays(data_cfg: DataConfig, limit: int | None = None):
+def load_arrays(data_cfg: DataConfig, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None, DatasetInfo]:
     """(uint8 N x H x W x C at the configured size, int64 labels or None, DatasetInfo).
 
     Same pixels as `load_dataset` (x_float = u8 / 127.5 - 1), in source order. `limit` takes a
