@@ -250,3 +250,113 @@ def test_missing_and_wrong_tokens_get_clear_messages(fake_dashboard, tmp_path):
     # Auth disabled on purpose by the user: say that this is why no token went out.
     r = _cli(fake_dashboard, tmp_path, RAY_AUTH_MODE="disabled")
     assert r.returncode == 2 and "RAY_AUTH_MODE=disabled is set" in r.stderr, r.stderr
+
+
+# --- submit and jobs flows against a stand-in client (exit codes, what is printed) ---
+
+
+class _FakeClient:
+    """The few JobSubmissionClient calls ganray makes, with a job that ends in ``final``."""
+
+    def __init__(self, final: str = "SUCCEEDED"):
+        from ray.job_submission import JobStatus
+
+        self.status = JobStatus(final)
+        self.submitted: dict = {}
+        self.stopped: list[str] = []
+
+    def submit_job(self, **kwargs):
+        self.submitted = kwargs
+        return "raysubmit_fake1"
+
+    async def tail_job_logs(self, job_id):
+        for chunk in ("step 1\n", "step 2\n"):
+            yield chunk
+
+    def get_job_status(self, job_id):
+        return self.status
+
+    def get_job_info(self, job_id):
+        return argparse.Namespace(message="Job entrypoint command failed with exit code 1\nmore detail")
+
+    def get_job_logs(self, job_id):
+        return "".join(f"log line {i}\n" for i in range(100)) + "ValueError: bad thing\n"
+
+    def list_jobs(self):
+        job = argparse.Namespace
+        return [
+            job(submission_id="raysubmit_b", job_id="02", status=self.status, start_time=2_000_000, entrypoint="x" * 80),
+            job(submission_id=None, job_id="01000000", status=self.status, start_time=1_000_000, entrypoint="python a.py"),
+        ]
+
+    def stop_job(self, job_id):
+        self.stopped.append(job_id)
+        return not self.status.is_terminal()
+
+
+def _run(monkeypatch, client, argv):
+    monkeypatch.setattr(submit, "connect", lambda url: client)
+    monkeypatch.setattr(jobs, "connect", lambda url: client)
+    monkeypatch.chdir(REPO)
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def test_submit_follows_a_job_that_succeeds(monkeypatch, capsys):
+    client = _FakeClient("SUCCEEDED")
+    rc = _run(monkeypatch, client, ["submit", "--address", "http://h:8265", "--no-pip", "jobs/train.py", "--",
+                                     "--workers", "2", "--name", "a b"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert out == "raysubmit_fake1\nstep 1\nstep 2\n"
+    assert "job raysubmit_fake1 succeeded" in err
+    assert client.submitted["entrypoint"] == "python jobs/train.py --workers 2 --name 'a b'"
+    assert client.submitted["runtime_env"]["working_dir"] == str(REPO)
+    assert "pip" not in client.submitted["runtime_env"]
+
+
+@pytest.mark.parametrize("final", ["FAILED", "STOPPED"])
+def test_submit_exits_1_with_status_and_log_tail_when_the_job_does_not_succeed(monkeypatch, capsys, final):
+    rc = _run(monkeypatch, _FakeClient(final), ["submit", "--address", "http://h:8265", "jobs/train.py"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"job raysubmit_fake1 ended {final}: Job entrypoint command failed with exit code 1" in err
+    tail = err.split(f"--- last {submit.LOG_TAIL_LINES} log lines of raysubmit_fake1 ---\n")[1].splitlines()
+    assert tail[-1] == "ValueError: bad thing" and tail[0] == f"log line {101 - submit.LOG_TAIL_LINES}"
+
+
+def test_submit_no_wait_prints_the_id_and_returns(monkeypatch, capsys):
+    client = _FakeClient("RUNNING")
+    rc = _run(monkeypatch, client, ["submit", "--address", "http://h:8265", "--no-wait", "jobs/train.py"])
+    out, err = capsys.readouterr()
+    assert (rc, out) == (0, "raysubmit_fake1\n")
+    assert "ganray jobs stop raysubmit_fake1" in err
+    assert client.submitted["runtime_env"]["pip"]["packages"]  # pip install is the default
+
+
+def test_jobs_stop_says_whether_the_job_was_running(monkeypatch, capsys):
+    assert _run(monkeypatch, _FakeClient("RUNNING"), ["jobs", "stop", "--address", "http://h", "raysubmit_x"]) == 0
+    assert "stop requested for job raysubmit_x" in capsys.readouterr().err
+    assert _run(monkeypatch, _FakeClient("SUCCEEDED"), ["jobs", "stop", "--address", "http://h", "raysubmit_x"]) == 0
+    assert "job raysubmit_x had already ended (SUCCEEDED)" in capsys.readouterr().err
+
+
+def test_jobs_list_is_a_table_oldest_first(monkeypatch, capsys):
+    assert _run(monkeypatch, _FakeClient("FAILED"), ["jobs", "list", "--address", "http://h"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["SUBMISSION", "ID"]
+    assert [line.split()[:2] for line in lines[1:]] == [["01000000", "FAILED"], ["raysubmit_b", "FAILED"]]
+    assert lines[1].endswith("python a.py") and lines[2].endswith("x" * 57 + "...")
+
+
+@pytest.mark.parametrize("name, command", [("train.py", "train"), ("tune.py", "tune"), ("evaluate.py", "eval")])
+def test_job_entrypoints_hand_their_flags_to_the_cli(monkeypatch, capsys, name, command):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [f"jobs/{name}", "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "jobs" / name), run_name="__main__")
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: ganray {command} ")
+    docstring = (REPO / "jobs" / name).read_text()
+    assert f"ray job submit --working-dir . -- python jobs/{name}" in docstring
