@@ -1,10 +1,11 @@
 """cluster.yaml (schema and security), and a real two-node Ray cluster on this machine.
 
-The cluster is driven from outside as a user would drive one. Each node is `ray start --block` in a session of its own, with its own --temp-dir under a private
-folder and free ports, and token authentication on (RAY_AUTH_MODE=token, token file mode 600).
-The pytest process never connects to it: jobs go through `python -m ganray.cli submit` and checks
-through the Jobs HTTP API, so the session `ray_session` fixture can coexist with it. Teardown
-stops exactly what these tests started (never `ray stop`, which would stop everybody's Ray).
+The cluster is driven from outside, as a user drives one. Each node is `ray start --block` in a
+session of its own, with its own --temp-dir under a private folder, free ports, and token
+authentication on (RAY_AUTH_MODE=token, token file mode 600). The pytest process never connects
+to it: jobs go through `ganray submit` in subprocesses and checks through the Jobs HTTP API, so
+the session `ray_session` fixture can coexist with it. Teardown stops exactly what these tests
+started (never `ray stop`, which would stop everybody's Ray on the machine).
 """
 
 from __future__ import annotations

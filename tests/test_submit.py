@@ -285,8 +285,8 @@ class _FakeClient:
     def list_jobs(self):
         job = argparse.Namespace
         return [
-            job(submission_id="raysubmit_b", job_id="02", status=self.status, start_time=2_000_000, entrypoint="x" * 80),
-            job(submission_id=None, job_id="01000000", status=self.status, start_time=1_000_000, entrypoint="python a.py"),
+            job(submission_id="raysubmit_b", job_id="02", status=self.status, start_time=2e6, entrypoint="x" * 80),
+            job(submission_id=None, job_id="01000000", status=self.status, start_time=1e6, entrypoint="python a.py"),
         ]
 
     def stop_job(self, job_id):
