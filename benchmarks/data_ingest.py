@@ -2,8 +2,8 @@
 
     python benchmarks/data_ingest.py [--source ../shared/data/mnist] [--epochs 3] [--json out.json]
 
-Rows/s of one process iterating the whole dataset in batches of 64 (drop_last), after warm-up
-epochs. Baselines: a DataLoader over the uint8 array already converted to float [-1, 1] (the
+Rows/s (median over epochs) of one process iterating the whole dataset in batches of 64
+(drop_last), after warm-up epochs. Baselines: a DataLoader over the uint8 array already converted to float [-1, 1] (the
 fastest possible in-memory case), shuffled or not. Ray rows: the load_dataset pipeline iterated
 directly, and through `streaming_split(1)` as Ray Train hands a shard to a worker, with and
 without a local shuffle buffer.
@@ -29,7 +29,7 @@ from ganray.data import load_arrays, load_dataset  # noqa: E402
 
 
 def rows_per_s(make_iter, epochs: int, warmup: int) -> tuple[float, int]:
-    """Mean rows/s over the timed epochs; also the rows seen per epoch."""
+    """Median rows/s over the timed epochs (robust to other load on a shared machine); rows per epoch."""
     rates, rows = [], 0
     for epoch in range(warmup + epochs):
         t0, rows = time.perf_counter(), 0
@@ -38,7 +38,7 @@ def rows_per_s(make_iter, epochs: int, warmup: int) -> tuple[float, int]:
             rows += image.shape[0]
         if epoch >= warmup:
             rates.append(rows / (time.perf_counter() - t0))
-    return float(np.mean(rates)), rows
+    return float(np.median(rates)), rows
 
 
 def torch_loader(x_u8: np.ndarray, y: np.ndarray, batch: int, shuffle: bool):
@@ -98,6 +98,8 @@ def main() -> int:
         rate, rows = rows_per_s(make_iter, args.epochs, args.warmup)
         results.append({"pipeline": name, "shuffle": shuffle, "rows_per_s": round(rate), "rows_per_epoch": rows})
 
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} on {os.cpu_count()} cores")
     print(f"source {args.source}: {info.num_rows} rows, {info.resolution}px x {info.channels}ch, "
           f"batch {b}, {args.num_cpus} CPUs; load_dataset {t_dataset:.1f} s, load_arrays {t_arrays:.1f} s")
     print(f"{'pipeline':34} {'shuffle':22} {'rows/s':>10}")
@@ -106,7 +108,7 @@ def main() -> int:
     if args.json:
         out = {"source": args.source, "num_rows": info.num_rows, "resolution": info.resolution,
                "batch": b, "num_cpus": args.num_cpus, "epochs": args.epochs, "warmup": args.warmup,
-               "load_dataset_s": round(t_dataset, 2), "load_arrays_s": round(t_arrays, 2), "results": results}
+               "load_average": round(load, 1), "load_dataset_s": round(t_dataset, 2), "load_arrays_s": round(t_arrays, 2), "results": results}
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     ray.shutdown()
     return 0
