@@ -141,6 +141,20 @@ class EvalConfig(_Section):
     cache_dir: str | None = None
 
 
+class TrackConfig(_Section):
+    tensorboard: bool = True
+    # Through Ray's setup_mlflow / setup_wandb; need pip install 'ganray[mlflow]' / 'ganray[wandb]'.
+    mlflow: bool = False
+    # None: MLFLOW_TRACKING_URI or MLflow's default
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "ganray"
+    wandb: bool = False
+    wandb_project: str = "ganray"
+    wandb_entity: str | None = None
+    # The fixed-noise sample grid at each report.
+    log_images: bool = True
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -170,6 +184,7 @@ class Config(_Section):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    track: TrackConfig = TrackConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")

@@ -35,7 +35,7 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST test set not found at {MNIST_DIR}")
