@@ -11,9 +11,9 @@ does not match with HTTP 403. ``JobSubmissionClient`` adds that header only when
 3. ~/.ray/auth_token,
 
 with surrounding whitespace stripped (a RAY_AUTH_TOKEN_PATH naming a missing file is an error,
-not a fall-through). Like ``ray start`` and ``ray.init``, ganray's clients turn token mode on by
-themselves when RAY_AUTH_MODE is unset and one of those sources holds a token, and respect an
-explicit setting. They never print the token: errors name the sources checked and what is there.
+not a fall-through). Like ``ray start`` (and ``ray.init`` finding a local cluster), ganray's
+clients turn token mode on by themselves when RAY_AUTH_MODE is unset and one of those sources
+holds a token, and respect an explicit setting. They never print the token: errors name the sources checked and what is there.
 """
 
 from __future__ import annotations
@@ -163,11 +163,12 @@ def follow_logs(client: Any, job_id: str) -> None:
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
+    import aiohttp
+
     try:
         asyncio.run(tail())
-    except RuntimeError as e:
+    except (RuntimeError, aiohttp.ClientError) as e:
         print(f"ganray: log stream interrupted ({e}); waiting for the job to end", file=sys.stderr)
-
 
 
 # --- `ganray jobs` ---
