@@ -13,7 +13,8 @@ does not match with HTTP 403. ``JobSubmissionClient`` adds that header only when
 with surrounding whitespace stripped (a RAY_AUTH_TOKEN_PATH naming a missing file is an error,
 not a fall-through). Like ``ray start`` (and ``ray.init`` finding a local cluster), ganray's
 clients turn token mode on by themselves when RAY_AUTH_MODE is unset and one of those sources
-holds a token, and respect an explicit setting. They never print the token: errors name the sources checked and what is there.
+holds a token, and respect an explicit setting. They never print the token: errors name the
+sources checked and what is there.
 """
 
 from __future__ import annotations
