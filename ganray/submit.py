@@ -177,9 +177,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_address_argument(parser)
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     parser.add_argument("--runtime-env", metavar="FILE", help="YAML runtime_env; its keys override ganray's")
-    parser.add_argument(
-        "--no-pip", action="store_true", help="skip installing pyproject.toml's dependencies (cluster has them)"
-    )
+    no_pip_help = "do not pip-install pyproject.toml's dependencies (the cluster has them)"
+    parser.add_argument("--no-pip", action="store_true", help=no_pip_help)
     parser.add_argument("--working-dir", default=".", metavar="DIR", help="directory to upload (default: .)")
     parser.add_argument("--submission-id", metavar="ID", help="job id to use instead of a generated one")
     parser.add_argument("script", metavar="SCRIPT", help="path of the script inside the working directory")
