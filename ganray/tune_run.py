@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ganray.config import Config, ConfigError
+from ganray.raypg import tune_cleanup_callback
 from ganray.runfolder import RunFolder, storage_root
 from ganray.tune import GANStopper, apply_params, to_tune_space, trial_driver, validate_space
 
@@ -94,6 +95,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=root, stop=stopper.as_tune_stopper(), verbose=verbose,
+                callbacks=[tune_cleanup_callback()],
                 failure_config=tune.FailureConfig(max_failures=0),
                 progress_reporter=tune.CLIReporter(
                     parameter_columns=list(space), metric_columns=["kimg", "fid", "loss_d", "loss_g"],

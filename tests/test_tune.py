@@ -1,0 +1,84 @@
+"""`ganray tune` end to end: 4 tiny trials on MNIST under ASHA, early stopping, resume."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from ganray.config import ConfigError, debug
+from ganray.tune import GANStopper, apply_params, load_search_file, validate_space
+
+SEARCH = {
+    "space": {"optim.lr_d": {"grid": [2e-4, 1e-3, 5e-4, 5.0]}},
+    "stopping": {"patience": 2, "min_delta": 0.0, "d_gap": 6.0, "d_gap_reports": 2, "fid_ceiling": None},
+}
+
+
+def _base_args(out, mnist_dir):
+    return ["--preset", "debug", "--data", str(mnist_dir), "--out", str(out), "--kimg", "0.64",
+            "--set", "eval.features=classifier", "--set", "eval.fid_samples=256", "--set", "eval.every_kimg=0.128",
+            "--set", "train.steps=null", "--set", "optim.lr_g=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def experiment(ray_session, tmp_path_factory, mnist_dir):
+    from ganray.cli import main
+
+    out = tmp_path_factory.mktemp("tune")
+    search = out / "search.yaml"
+    search.write_text(yaml.safe_dump(SEARCH))
+    rc = main(["tune", *_base_args(out, mnist_dir), "--search", str(search), "--num-samples", "1",
+               "--scheduler", "asha", "--max-concurrent", "2", "--name", "exp"])
+    assert rc == 0
+    return out / "exp"
+
+
+def test_results_tables_and_best_config(experiment):
+    table = pd.read_csv(experiment / "results.csv")
+    assert len(table) == 4
+    assert set(pd.read_parquet(experiment / "results.parquet").columns) >= {"trial_id", "best_fid", "kimg", "stop_reason"}
+    assert (experiment / "trials.png").stat().st_size > 1000
+    best = yaml.safe_load((experiment / "best_config.yaml").read_text())
+    assert best["optim"]["lr_d"] == table.iloc[0]["optim.lr_d"]  # sorted by best FID
+    from ganray.config import from_dict
+
+    from_dict(best)  # `ganray train --config` accepts it as is
+
+
+def test_diverging_trial_stopped_early_with_reason(experiment):
+    table = pd.read_csv(experiment / "results.csv")
+    bad = table[table["optim.lr_d"] == 5.0].iloc[0]
+    assert bad["stop_reason"] in {"d_won", "diverged_nan", "fid_ceiling", "plateau", "error", "asha"}
+    assert bad["kimg"] < 0.64
+
+
+def test_asha_or_stopper_ends_some_trial_before_the_maximum(experiment):
+    table = pd.read_csv(experiment / "results.csv")
+    assert (table["kimg"] < 0.64).sum() >= 1
+    assert (table["kimg"] >= 0.64 - 1e-9).sum() >= 1  # and the best ran to the end
+
+
+def test_stopper_rules():
+    s = GANStopper(patience=2, min_delta=0.1, d_gap=5.0, d_gap_reports=2, fid_ceiling=100, warmup_kimg=1.0)
+    assert s.reason("a", {"loss_d": float("nan")}) == "diverged_nan"
+    assert s.reason("b", {"d_real": 9.0, "d_fake": -1.0}) is None
+    assert s.reason("b", {"d_real": 9.0, "d_fake": -1.0}) == "d_won"
+    assert s.reason("c", {"fid": 500.0, "kimg": 0.5}) is None  # inside the warm-up
+    assert s.reason("c", {"fid": 500.0, "kimg": 2.0}) == "fid_ceiling"
+    assert [s.reason("d", {"fid": f, "kimg": 2}) for f in (50.0, 48.0, 47.0)] == [None, None, "plateau"]
+
+
+def test_bad_search_space_rejected_before_ray(tmp_path):
+    base = debug()
+    with pytest.raises(ConfigError, match="optim.nope"):
+        validate_space({"optim.nope": {"choice": [1]}}, base)
+    with pytest.raises(ConfigError, match="optim.lr_g"):
+        validate_space({"optim.lr_g": {"choice": [-1.0]}}, base)
+    with pytest.raises(ConfigError, match="loguniform"):
+        validate_space({"optim.lr_g": {"loguniform": [1e-4]}}, base)
+    f = tmp_path / "s.yaml"
+    f.write_text("space:\n  optim.lr_g: {uniform: [1e-4, 1e-3]}\nstopping:\n  bogus: 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        load_search_file(str(f))
+    assert apply_params(base, {"optim.lr_g": 1e-3}).optim.lr_g == 1e-3
