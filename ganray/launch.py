@@ -132,6 +132,7 @@ def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
         raise RunError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --name")
     if resume and local and not Path(run_dir).is_dir():
         raise RunError(f"--resume: no run named {name!r} under {storage_root(cfg.run.out)}")
+    _preserve_data_order()
     dataset, info = load_dataset(cfg.data)
     num_classes = cfg.data.num_classes or info.num_classes
     if cfg.model.conditional and not num_classes:
@@ -151,6 +152,14 @@ def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
         "eval": _prepare_eval(cfg, info),
     }
     return Prepared(cfg, name, run_dir, dataset, info, loop_config)
+
+
+def _preserve_data_order() -> None:
+    """load_dataset materialises blocks on the driver: without preserve_order they are stored in
+    task-completion order, so the seeded data order (and a resumed run) differs from run to run."""
+    import ray.data
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
 
 
 def _local_checkpoints(run_dir: str) -> list[str]:

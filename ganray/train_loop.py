@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
 from typing import Any, Iterator
@@ -107,7 +108,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     prec = Precision.create(cfg.train.precision, device)
 
     st = build_state(cfg, loop_config.get("num_classes"), device)
-    _restore(st, ray.train.get_checkpoint(), loop_config.get("fallback_checkpoints", []))
+    _restore(st, ray.train.get_checkpoint(), _checkpoints_on_disk(loop_config["run_dir"]))
     if cfg.model.sync_batchnorm and world > 1:
         st.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(st.G)
         st.D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(st.D)
@@ -236,15 +237,36 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         tracker.close()
 
 
-def _restore(st: TrainState, restored, fallbacks: list[str]) -> None:
-    """Load Ray's checkpoint; if it is unreadable, the newest readable older one, with a warning."""
+def _checkpoints_on_disk(run_dir: str) -> list[str]:
+    """The run's checkpoint folders, newest first; listed when the worker starts (local runs)."""
+    if "://" in run_dir:
+        return []
+    return [str(p) for p in reversed(ckpt_io.list_checkpoints(run_dir))]
+
+
+def _ckpt_step(path: str | None) -> int:
+    m = re.match(r"^checkpoint_(\d+)$", os.path.basename(str(path).rstrip("/"))) if path else None
+    return int(m.group(1)) if m else -1
+
+
+def _restore(st: TrainState, restored, on_disk: list[str]) -> None:
+    """Load the newest readable checkpoint; warn about each unreadable one and try the next.
+
+    Ray's checkpoint first, except for folders on disk newer than it: Ray's controller learns of
+    a reported checkpoint only when it next polls the worker (every ~2 s), so a worker killed
+    just after reporting one is restarted with the previous one although the new one is on disk.
+    `on_disk` lists the run's checkpoint folders newest first (a partial one fails to load).
+    """
     import contextlib
     import warnings
 
-    candidates = []
+    ray_path = restored.path if restored is not None else None
+    ray_step = _ckpt_step(ray_path)
+    same = (lambda p: os.path.realpath(p) == os.path.realpath(ray_path)) if ray_path else (lambda p: False)
+    candidates = [contextlib.nullcontext(p) for p in on_disk if _ckpt_step(p) > ray_step and not same(p)]
     if restored is not None:
         candidates.append(restored.as_directory())
-    candidates += [contextlib.nullcontext(p) for p in fallbacks]
+    candidates += [contextlib.nullcontext(p) for p in on_disk if _ckpt_step(p) <= ray_step and not same(p)]
     errors = []
     for cand in candidates:
         with cand as d:
