@@ -184,4 +184,12 @@ def trial_driver(config: dict) -> None:
     p = prepare(cfg, resume=resume)
     (Path(p.run_dir)).mkdir(parents=True, exist_ok=True)
     (Path(p.run_dir) / "config.yaml").write_text(p.cfg.to_yaml())
+    if config.get("__inprocess__"):
+        # PBT: one worker in this process, checkpoints reported to Tune itself, so that an
+        # exploiting trial restarts from the better trial's checkpoint (tune.get_checkpoint()).
+        from ganray.session import TuneSession
+        from ganray.train_loop import train_worker
+
+        train_worker(p.loop_config, session=TuneSession(p.dataset))
+        return
     build_trainer(p, callbacks=[TuneReportCallback()]).fit()

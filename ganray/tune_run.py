@@ -39,14 +39,18 @@ def max_concurrent(workers_per_trial: int, use_gpu: bool) -> int:
     return max(1, int((res.get("CPU", 1) - 1) // (workers_per_trial + DRIVER_CPU)))
 
 
+# PBT and multi-worker trials: Tune copies checkpoints it was given through tune.report. A trial
+# that runs a TorchTrainer reports through TuneReportCallback, which passes metrics only, so PBT's
+# exploit step would find no checkpoint to copy. ganray therefore runs PBT trials with one worker
+# inside the trial process (ganray.session.TuneSession); multi-worker trials use ASHA or FIFO.
+
+
 def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if name == "asha":
         return ASHAScheduler(time_attr="kimg", max_t=max_kimg, grace_period=grace_kimg, reduction_factor=2)
     if name == "pbt":
-        from ray import tune
-
         mutations = {k: v for k, v in to_tune_space(space).items() if not isinstance(v, dict)}
         return PopulationBasedTraining(time_attr="kimg", perturbation_interval=grace_kimg,
                                        hyperparam_mutations=mutations)
@@ -73,7 +77,12 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     runs_dir = f"{exp_dir}/runs"
     stopper = GANStopper(**stopping)
     t0 = time.time()
-    trainable = tune.with_resources(trial_driver, {"cpu": DRIVER_CPU})
+    inprocess = scheduler == "pbt"
+    if inprocess and workers_per_trial != 1:
+        raise ConfigError("--scheduler pbt runs single-worker trials (the worker lives in the trial so Tune can "
+                          "copy its checkpoints); use --workers-per-trial 1, or asha/fifo for multi-worker trials")
+    # A PBT trial trains in its own process (1 CPU); otherwise the trial only drives a TorchTrainer.
+    trainable = tune.with_resources(trial_driver, {"cpu": 1 if inprocess else DRIVER_CPU})
     if resume:
         if not Path(exp_dir).is_dir():
             raise ConfigError(f"--resume: no experiment named {name!r} under {root}")
@@ -82,14 +91,16 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
         if Path(exp_dir).exists():
             raise ConfigError(f"experiment folder {exp_dir} exists; pass --resume or choose another --name")
         max_kimg = base.train.kimg or 1e9
-        param_space = {**to_tune_space(space), "__base__": base.to_dict(), "__runs__": runs_dir}
+        param_space = {**to_tune_space(space), "__base__": base.to_dict(), "__runs__": runs_dir,
+                       "__inprocess__": inprocess}
         concurrency = max_concurrent_trials or max_concurrent(workers_per_trial, _use_gpu(base))
+        sched = make_scheduler(scheduler, max_kimg, base.eval.every_kimg, space)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric="fid", mode="min", num_samples=num_samples,
-                scheduler=make_scheduler(scheduler, max_kimg, base.eval.every_kimg, space),
+                scheduler=sched,
                 search_alg=_searcher(searcher, space),
                 max_concurrent_trials=concurrency,
             ),
@@ -103,7 +114,10 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
             ),
         )
     grid = tuner.fit()
-    return write_results(grid, base, space, stopper, exp_dir, time.time() - t0)
+    summary = write_results(grid, base, space, stopper, exp_dir, time.time() - t0)
+    if not resume and scheduler == "pbt":
+        summary["pbt_perturbations"] = getattr(sched, "_num_perturbations", None)
+    return summary
 
 
 def _searcher(name: str | None, space: dict):

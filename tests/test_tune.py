@@ -82,3 +82,86 @@ def test_bad_search_space_rejected_before_ray(tmp_path):
     with pytest.raises(ConfigError, match="bogus"):
         load_search_file(str(f))
     assert apply_params(base, {"optim.lr_g": 1e-3}).optim.lr_g == 1e-3
+
+
+def test_pbt_exploits_checkpoints_of_single_worker_trials(ray_session, tmp_path, mnist_dir):
+    from ganray.config import load_config
+    from ganray.tune_run import run_tune
+
+    base = load_config(None, ["data.source=" + str(mnist_dir), f"run.out={tmp_path}", "train.steps=null",
+                              "train.kimg=0.384", "eval.features=classifier", "eval.fid_samples=256",
+                              "eval.every_kimg=0.064"], preset="debug")
+    space = {"optim.lr_d": {"choice": [2e-4, 5.0]}, "optim.lr_g": {"loguniform": [1e-4, 1e-3]}}
+    stopping = {"patience": 100, "min_delta": 0.0, "fid_ceiling": None, "warmup_kimg": 0.0, "d_gap": 1e9,
+                "d_gap_reports": 100, "target_fid": None}
+    summary = run_tune(base, space, stopping, name="pbt", num_samples=2, scheduler="pbt",
+                       max_concurrent_trials=2, verbose=0)
+    assert len(summary["table"]) == 2
+    assert summary["pbt_perturbations"] >= 1
+    # An exploited trial continued from the other trial's checkpoint: its checkpoints are Tune's.
+    assert all(summary["table"]["kimg"] >= 0.384 - 1e-9)
+
+
+def _kill_tree_with(path: str) -> None:
+    """SIGKILL every process whose command line names `path` (the driver's own Ray temp dir)."""
+    import os
+    import signal
+
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if path.encode() in f.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def test_killed_tune_driver_resumes_remaining_trials(tmp_path, mnist_dir):
+    """Fault: the `ganray tune` driver is SIGKILLed mid-search; `--resume` finishes every trial."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="gr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    search = tmp_path / "s.yaml"
+    search.write_text(yaml.safe_dump({"space": {"optim.lr_d": {"grid": [2e-4, 1e-3]}}}))
+    cmd = [sys.executable, "-m", "ganray.cli", "tune", *_base_args(tmp_path, mnist_dir), "--search", str(search),
+           "--num-samples", "1", "--scheduler", "fifo", "--max-concurrent", "1", "--name", "exp"]
+    cmd[cmd.index("0.64")] = "0.512"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    runs = tmp_path / "exp" / "runs"
+    deadline = time.time() + 300
+    try:
+        # Kill once the second trial has its first checkpoint (the first trial is finished by then).
+        while time.time() < deadline and not (runs.is_dir() and sum(1 for d in runs.iterdir() if list(d.glob("checkpoint_*"))) >= 2):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert time.time() < deadline, "no checkpoint appeared in time"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree_with(ray_tmp)
+        proc.wait(30)
+        log.close()
+    try:
+        done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=420,
+                              start_new_session=True)
+    finally:
+        _kill_tree_with(ray_tmp)
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "exp" / "results.csv")
+    assert len(table) == 2 and (table["kimg"] >= 0.512 - 1e-9).all()
+    for run in runs.iterdir():
+        steps = [int(s) for s in pd.read_csv(run / "metrics.csv")["step"]]
+        assert steps == sorted(set(steps)), f"{run.name}: repeated or unordered steps {steps}"

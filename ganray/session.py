@@ -1,0 +1,62 @@
+"""The four touch points between the training loop and whatever runs it.
+
+`RayTrainSession` is the normal case: a Ray Train worker (context, dataset shard, checkpoint,
+report). `TuneSession` runs the same loop in-process inside a single-worker Tune trial and reports
+checkpoints to Tune itself, which is what lets Population Based Training copy one trial's
+checkpoint into another (Tune cannot see checkpoints that a nested TorchTrainer reports).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class RayTrainSession:
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def get_checkpoint(self):
+        return self._train.get_checkpoint()
+
+    def dataset_shard(self):
+        return self._train.get_dataset_shard("train")
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None) -> None:
+        if name is None:
+            self._train.report(metrics)
+        else:
+            ckpt = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            self._train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+
+
+class TuneSession:
+    """World size 1 in the Tune trial's own process; the dataset is iterated directly."""
+
+    rank, world = 0, 1
+
+    def __init__(self, dataset):
+        from ray import tune
+
+        self._tune = tune
+        self._dataset = dataset
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def get_checkpoint(self):
+        return self._tune.get_checkpoint()
+
+    def dataset_shard(self):
+        return self._dataset.iterator()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None) -> None:
+        from ray.tune import Checkpoint
+
+        ckpt = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._tune.report(metrics, checkpoint=ckpt)
