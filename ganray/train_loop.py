@@ -96,19 +96,18 @@ class _Every:
         return True
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
+def train_worker(loop_config: dict[str, Any], session=None) -> None:
+    from ganray.session import RayTrainSession
 
+    session = session or RayTrainSession()
+    marks = {**loop_config.get("startup_marks", {}), "worker_start": time.time()}
     cfg = from_dict(loop_config["config"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(int(loop_config.get("threads", 1)))
-    device = ray.train.torch.get_device()
     prec = Precision.create(cfg.train.precision, device)
 
     st = build_state(cfg, loop_config.get("num_classes"), device)
-    _restore(st, ray.train.get_checkpoint(), _checkpoints_on_disk(loop_config["run_dir"]))
+    _restore(st, session.get_checkpoint(), _checkpoints_on_disk(loop_config["run_dir"]))
     if cfg.model.sync_batchnorm and world > 1:
         st.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(st.G)
         st.D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(st.D)
@@ -127,7 +126,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         _record_workers(None, world)
     evaluator = _make_evaluator(cfg, loop_config, device)
 
-    batches = _batches(ray.train.get_dataset_shard("train"), cfg, rank, device,
+    batches = _batches(session.dataset_shard(), cfg, rank, device,
                        rows_per_rank=loop_config.get("num_rows", 0) // world, consumed=st.step * cfg.optim.d_steps)
     B, conditional = cfg.train.batch_size_per_worker, cfg.model.conditional
     images_per_step = B * world * cfg.optim.d_steps
@@ -143,6 +142,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     n_acc, wait_s, t_report, t_start = 0, 0.0, time.perf_counter(), time.perf_counter()
     budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
     stop_reason = "completed"
+    marks["loop_ready"] = time.time()
 
     while st.step < total_steps:
         progress = st.step / total_steps if total_steps < 2**62 else 0.0
@@ -161,6 +161,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             real, labels = next(batches)
             wait_s += time.perf_counter() - t0
+            marks.setdefault("first_batch", time.time())
             if faults.nan_batch(st.step, rank):
                 real = real * float("nan")
             reals.append((real, labels if conditional else None))
@@ -168,6 +169,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         zs = [torch.randn(B, cfg.model.latent_dim, device=device, generator=gen) for _ in range(n_z)]
         values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=st.step, prec=prec,
                                  augment=augment, generator=gen)
+        if "first_step" not in marks:  # start-up timing: launch.startup_breakdown reads timing.json
+            marks["first_step"] = time.time()
+            if run is not None:
+                run.write_json("timing.json", marks)
 
         # (3) Bookkeeping: NaN guard, EMA, counters, running means on the device.
         st.step += 1
@@ -227,7 +232,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 run.write_fid_plot()
             if tracker is not None:
                 tracker.log(st.step, row, grid)
-        _report(row, st, cfg, save, is_last, stop_reason)
+        _report(session, row, st, cfg, save, is_last, stop_reason)
         if save:
             good = st.snapshot()
         acc, n_acc, wait_s, t_report = {}, 0, 0.0, time.perf_counter()
@@ -322,22 +327,20 @@ def _sample_grid(st: TrainState, z: torch.Tensor, labels) -> np.ndarray:
     return image_grid(to_uint8(images), nrow=8)
 
 
-def _report(row: dict, st: TrainState, cfg: Config, save: bool, is_last: bool, stop_reason: str) -> None:
-    import ray.train
-
+def _report(session, row: dict, st: TrainState, cfg: Config, save: bool, is_last: bool, stop_reason: str) -> None:
     metrics = {**row, "done": is_last, "stop_reason": stop_reason if is_last else ""}
     if not save:
-        ray.train.report(metrics)
+        session.report(metrics)
         return
     name = f"checkpoint_{st.step:08d}"
     if dist.rank() != 0:
-        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        session.report(metrics, None, name)
         return
     state = st.state_dict()
     state["fid"] = row.get("fid")
     with tempfile.TemporaryDirectory(prefix="ganray-ckpt-") as tmp:
         ckpt_io.save(tmp, state, cfg, st.sampler().state_dict())
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+        session.report(metrics, tmp, name)
 
 
 def _record_workers(run: RunFolder | None, world: int) -> None:
