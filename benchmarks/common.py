@@ -1,0 +1,159 @@
+"""Shared pieces of the benchmarks: the machine, result rows, ganray runs in a subprocess.
+
+Every ganray measurement runs `python -m ganray.cli train ...` in a fresh process, so it pays
+exactly what a user pays (interpreter, imports, a local Ray start) and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def default_source() -> str:
+    """The MNIST test set when it is here (10,000 images), else scikit-learn's bundled digits."""
+    return str(MNIST) if (MNIST / "t10k-images-idx3-ubyte.gz").exists() else "digits"
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict:
+    """CPU model, cores, RAM, GPU and library versions: the context every number needs."""
+    import ray
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            mem_gib = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1]) / 2**20
+    except (OSError, StopIteration):
+        mem_gib = float("nan")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem_gib, 1), "gpu": gpu,
+            "torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    benchmark: str
+    measurement: str
+    value: float | None
+    unit: str = ""
+    target: str = ""
+    ok: bool | None = None  # None: no target, or not measured
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ratio_row(benchmark: str, measurement: str, num: float | None, den: float | None, *, at_least: float,
+              note: str = "") -> Row:
+    value = num / den if num and den else None
+    return Row(benchmark, measurement, value, "x", f">= {at_least:g}", None if value is None else value >= at_least,
+               note)
+
+
+def print_table(rows: list[Row]) -> None:
+    head = f"{'benchmark':10} {'measurement':52} {'value':>10} {'unit':6} {'target':10} {'ok':4}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        value = "-" if r.value is None else (f"{r.value:.3f}" if abs(r.value) < 10 else f"{r.value:,.1f}")
+        ok = "" if r.ok is None else ("yes" if r.ok else "NO")
+        print(f"{r.benchmark:10} {r.measurement[:52]:52} {value:>10} {r.unit:6} {r.target:10} {ok:4}"
+              + (f"  {r.note}" if r.note else ""))
+
+
+# --- ganray runs ---
+
+
+@dataclass
+class GanrayRun:
+    run_dir: Path
+    rows: list[dict]  # metrics.csv, numbers parsed
+    summary: dict
+    popen_time: float  # time.time() just before the process started
+    seconds: float  # wall clock of the whole command
+
+
+def run_ganray(out: Path, name: str, overrides: list[str], *, preset: str = "mnist", extra: list[str] = (),
+               timeout: float = 3600) -> GanrayRun:
+    """`ganray train` in a subprocess; raises with the command's stderr when it fails."""
+    cmd = [sys.executable, "-m", "ganray.cli", "train", "--preset", preset, "--out", str(out), "--name", name,
+           "--quiet", *extra]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"ganray train {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    run_dir = out / name
+    return GanrayRun(run_dir, read_metrics(run_dir / "metrics.csv"),
+                     json.loads((run_dir / "summary.json").read_text()), t0, seconds)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    def num(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with open(path) as f:
+        return [{k: num(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def steady(rows: list[dict], batch_images_per_step: int) -> dict:
+    """Steady state of a metrics.csv: rows after the first report (warm-up), images-weighted.
+
+    A row's window holds (step - previous step) steps; its img_per_s and data_wait_frac are over
+    that window's training time (report work excluded), so total images / total seconds is the
+    harmonic mean weighted by images.
+    """
+    windows = []
+    prev = 0
+    for r in rows:
+        steps = int(r["step"]) - prev
+        prev = int(r["step"])
+        images = steps * batch_images_per_step
+        windows.append((images, images / r["img_per_s"] if r.get("img_per_s") else 0.0, r.get("data_wait_frac", 0.0)))
+    use = windows[1:] or windows
+    seconds = sum(s for _, s, _ in use)
+    return {
+        "img_per_s": sum(n for n, _, _ in use) / seconds if seconds else None,
+        "data_wait_frac": sum(s * w for _, s, w in use) / seconds if seconds else None,
+        "windows": len(use),
+    }
+
+
+def run_plain(overrides: list[str], *, steps: int, report_every: int, threads: int, out: Path,
+              name: str, preset: str = "mnist") -> dict:
+    """benchmarks/plain_loop.py in a subprocess (a fresh process, like the ganray run)."""
+    path = out / f"{name}.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), "--preset", preset, "--steps", str(steps),
+           "--report-every", str(report_every), "--threads", str(threads), "--json", str(path)]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain loop {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(path.read_text())

@@ -1,0 +1,149 @@
+"""The single-process PyTorch baseline: ganray's model and step math, no Ray, no Ray Data.
+
+    python benchmarks/plain_loop.py [--preset mnist] [--set train.batch_size_per_worker=64 ...]
+                                    [--steps 200] [--report-every 20] [--threads 2] [--json out.json]
+
+The data is held in one float32 tensor (N x C x H x W in [-1, 1], on the device) and each
+epoch is a random permutation of it, so reading a batch is one index_select. Everything
+else is what one ganray worker does per step: the same `build_state` (models, Adam, EMA),
+the same `train_step` (D update, G update, non-finite check), the same per-step noise
+generator and learning-rate assignment, and the EMA update. Only Ray Train, Ray Data and
+the run-folder bookkeeping are missing, so ganray_img_per_s / plain_img_per_s is the price
+of the Ray layer.
+
+img/s is measured like ganray's metrics.csv: over windows of `report_every` steps, the first
+window (warm-up: allocator, oneDNN primitive caches) left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from ganray.config import Config, load_config  # noqa: E402
+from ganray.state import build_state  # noqa: E402
+from ganray.steps import Precision, lr_factor, train_step  # noqa: E402
+from ganray.train_loop import _noise_seed  # noqa: E402
+
+
+def load_images(cfg: Config, device: torch.device, limit: int | None = None) -> torch.Tensor:
+    """The configured data as one float32 N x C x H x W tensor in [-1, 1] on `device`."""
+    from ganray.data import load_arrays
+
+    x, _, _ = load_arrays(cfg.data, limit=limit)  # uint8 N x H x W x C
+    real = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return real.contiguous().to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steady_img_per_s(windows: list[tuple[int, float]]) -> float:
+    """Images over seconds of all windows but the first: (images, seconds) per window."""
+    rest = windows[1:] or windows
+    seconds = sum(s for _, s in rest)
+    return sum(n for n, _ in rest) / seconds if seconds > 0 else 0.0
+
+
+def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torch.device = "cpu",
+               threads: int | None = None, images: torch.Tensor | None = None) -> dict:
+    """Train `steps` steps on one process; return img/s per window and in steady state."""
+    device = torch.device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    if cfg.model.conditional:
+        raise ValueError("plain_loop benchmarks unconditional models only (model.conditional=false)")
+    real_all = images if images is not None else load_images(cfg, device)
+    B, latent = cfg.train.batch_size_per_worker, cfg.model.latent_dim
+    if len(real_all) < B:
+        raise ValueError(f"data has {len(real_all)} images, fewer than train.batch_size_per_worker={B}")
+    prec = Precision.create(cfg.train.precision, device)
+    st = build_state(cfg, None, device)
+    G, D = st.G, st.D
+    if cfg.train.compile:
+        G, D = torch.compile(G), torch.compile(D)
+    d_steps = cfg.optim.d_steps
+    images_per_step = B * d_steps
+    order, pos = torch.randperm(len(real_all), device=device), 0
+    acc: dict[str, torch.Tensor] = {}
+    windows: list[tuple[int, float]] = []
+    t_start = t_window = time.perf_counter()
+    first_step_s = None
+    for step in range(steps):
+        for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, step / steps)
+        gen = torch.Generator(device).manual_seed(_noise_seed(cfg.train.seed, 0, step))
+        reals = []
+        for _ in range(d_steps):
+            if pos + B > len(order):
+                order, pos = torch.randperm(len(real_all), device=device), 0
+            reals.append((real_all.index_select(0, order[pos:pos + B]), None))
+            pos += B
+        n_z = d_steps + (1 if d_steps > 1 else 0)
+        zs = [torch.randn(B, latent, device=device, generator=gen) for _ in range(n_z)]
+        values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=step, prec=prec,
+                                 generator=gen)
+        st.step += 1
+        st.images_seen += images_per_step
+        if not bad and st.ema is not None:
+            st.ema.update(G, images_per_step, st.images_seen)
+        for key, v in values.items():
+            acc[key] = acc.get(key, 0) + v.float()
+        if first_step_s is None:
+            _sync(device)
+            first_step_s = time.perf_counter() - t_start
+        if (step + 1) % report_every == 0 or step + 1 == steps:
+            _sync(device)
+            now = time.perf_counter()
+            n = report_every if (step + 1) % report_every == 0 else (step + 1) % report_every
+            windows.append((n * images_per_step, now - t_window))
+            t_window = now
+    wall = time.perf_counter() - t_start
+    return {
+        "steps": steps,
+        "batch": B,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": cfg.train.precision,
+        "img_per_s": steady_img_per_s(windows),
+        "window_img_per_s": [round(n / s, 1) for n, s in windows],
+        "first_step_s": first_step_s,
+        "wall_s": wall,
+        "final": {k: float(v) / steps for k, v in acc.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="mnist")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--report-every", type=int, default=20, help="steps per img/s window")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    cfg = load_config(None, args.overrides, preset=args.preset)
+    out = plain_loop(cfg, steps=args.steps, report_every=args.report_every, device=args.device,
+                     threads=args.threads)
+    print(f"plain loop: {out['img_per_s']:.1f} img/s steady ({out['steps']} steps, batch {out['batch']}, "
+          f"{out['threads']} threads, {out['device']}, first step {out['first_step_s']:.2f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

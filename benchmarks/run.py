@@ -1,0 +1,350 @@
+"""ganray's performance benchmarks: one entry point, a printed table, a JSON file.
+
+    python benchmarks/run.py [--quick] [--json FILE] [--only NAME,...] [--data SOURCE] [--threads N]
+
+Each measurement is a ratio (or a time) taken in one run on one machine, with the load average
+before and after next to it; on a busy machine the numbers are noise, so read the load first.
+
+    overhead  (a) ganray, 1 worker, vs benchmarks/plain_loop.py (same model, step math, threads,
+              steps): steady img/s from metrics.csv (first report skipped) and from summary.json;
+              (c) data_wait_frac of that run
+    scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1)
+    ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
+    startup   (d) command start -> first training step, with the phase breakdown from summary.json
+    tune      (e) Tune trial start -> first training step, against the length of a default trial
+    eval      (f) FID evaluation's share of training time; frechet_distance on 2048-d statistics
+    gpu       img/s plain vs ganray at 64 px, fp32 vs bf16, feature throughput (benchmarks/gpu_check.sh)
+
+The model is DCGAN at 32x32 (width 64, batch 64) on the MNIST test set, unless --quick
+(width 16, batch 32, a few steps: checks that everything runs, measures nothing worth keeping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from common import (  # noqa: E402
+    REPO,
+    Row,
+    default_source,
+    load_avg,
+    machine,
+    print_table,
+    ratio_row,
+    run_ganray,
+    run_plain,
+    steady,
+)
+
+DEFAULT_TRIAL_KIMG = 60.0  # TrainConfig.kimg: a default run or Tune trial
+DEFAULT_EVAL_EVERY_KIMG = 10.0  # eval.every_kimg=None falls back to train.checkpoint_every_kimg
+TUNE_EVAL_EVERY_KIMG = 2.0  # Tune trials evaluate at every report (train.report_every_kimg)
+
+
+@dataclass
+class Size:
+    width: int
+    batch: int
+    steps: int  # overhead runs
+    report: int  # steps per metrics.csv row
+    scaling_steps: int
+    fid_samples: int
+    fid_repeats: int
+    ingest_epochs: int
+    startup_runs: int
+
+
+FULL = Size(width=64, batch=64, steps=240, report=20, scaling_steps=100, fid_samples=10_000, fid_repeats=3,
+            ingest_epochs=3, startup_runs=2)
+QUICK = Size(width=16, batch=32, steps=30, report=10, scaling_steps=20, fid_samples=2048, fid_repeats=1,
+             ingest_epochs=1, startup_runs=1)
+
+
+@dataclass
+class Ctx:
+    size: Size
+    source: str
+    threads: int
+    out: Path
+    quick: bool
+    device: str = "cpu"
+    details: dict = field(default_factory=dict)
+
+    def model(self, batch: int | None = None) -> list[str]:
+        s = self.size
+        return [f"data.source={self.source}", "data.resolution=32", f"model.g_width={s.width}",
+                f"model.d_width={s.width}", f"train.batch_size_per_worker={batch or s.batch}"]
+
+    def every(self, steps: int, batch: int | None = None) -> str:
+        return f"{steps * (batch or self.size.batch) / 1000:.6f}"
+
+
+def _ganray_len(ctx: Ctx, steps: int, report: int, batch: int | None = None) -> list[str]:
+    return ["train.kimg=null", f"train.steps={steps}", f"train.report_every_kimg={ctx.every(report, batch)}",
+            "train.checkpoint_every_kimg=1e6", "eval.features=none"]
+
+
+def bench_overhead(ctx: Ctx) -> list[Row]:
+    s = ctx.size
+    model = ctx.model() + [f"train.threads_per_worker={ctx.threads}", "eval.features=none"]
+    plains = [run_plain(model, steps=s.steps, report_every=s.report, threads=ctx.threads, out=ctx.out,
+                        name="plain_a")]
+    run = run_ganray(ctx.out, "overhead", ctx.model() + _ganray_len(ctx, s.steps, s.report)
+                     + [f"train.threads_per_worker={ctx.threads}", "train.workers=1"])
+    if not ctx.quick:  # A B A: the mean of two baselines cancels a slow drift in machine load
+        plains.append(run_plain(model, steps=s.steps, report_every=s.report, threads=ctx.threads, out=ctx.out,
+                                name="plain_b"))
+    plain = sum(p["img_per_s"] for p in plains) / len(plains)
+    plain_all = sum(p["steps"] * p["batch"] / p["wall_s"] for p in plains) / len(plains)
+    st = steady(run.rows, s.batch)
+    ctx.details["overhead"] = {"plain": plains, "ganray_steady": st, "ganray_summary": run.summary,
+                               "ganray_rows": run.rows}
+    ctx.details["overhead_img_per_s"] = st["img_per_s"]
+    note = f"{s.steps} steps, batch {s.batch}, width {s.width}, {ctx.threads} threads"
+    return [
+        Row("overhead", "plain loop img/s (steady)", plain, "img/s", note=note),
+        Row("overhead", "ganray 1 worker img/s (steady, metrics.csv)", st["img_per_s"], "img/s"),
+        ratio_row("overhead", "ganray / plain, steady (metrics.csv)", st["img_per_s"], plain, at_least=0.97),
+        ratio_row("overhead", "ganray / plain, whole run (summary.json)", run.summary["img_per_s"], plain_all,
+                  at_least=0.97, note="includes first step and reports"),
+        Row("data", "data_wait_frac, steady (metrics.csv)", st["data_wait_frac"], "", "<= 0.02",
+            None if st["data_wait_frac"] is None else st["data_wait_frac"] <= 0.02),
+    ]
+
+
+def bench_scaling(ctx: Ctx) -> list[Row]:
+    s = ctx.size
+    n = s.scaling_steps
+    rates = {}
+    for workers in (1, 2):
+        run = run_ganray(ctx.out, f"scaling{workers}", ctx.model() + _ganray_len(ctx, n, s.report // 2)
+                         + ["train.threads_per_worker=1", f"train.workers={workers}"])
+        rates[workers] = steady(run.rows, s.batch * workers)
+    ctx.details["scaling"] = rates
+    return [
+        Row("scaling", "1 worker x 1 thread img/s (steady)", rates[1]["img_per_s"], "img/s", note=f"{n} steps"),
+        Row("scaling", "2 workers x 1 thread img/s (steady)", rates[2]["img_per_s"], "img/s"),
+        ratio_row("scaling", "2 workers / 1 worker", rates[2]["img_per_s"], rates[1]["img_per_s"], at_least=1.8,
+                  note="meaningful only on an otherwise idle machine"),
+    ]
+
+
+def bench_ingest(ctx: Ctx) -> list[Row]:
+    path = ctx.out / "ingest.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "data_ingest.py"), "--source", ctx.source,
+           "--epochs", str(ctx.size.ingest_epochs), "--warmup", "0" if ctx.quick else "1", "--json", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"data_ingest.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(path.read_text())
+    ctx.details["ingest"] = out
+    rows = [Row("ingest", f"{r['pipeline'][:30]}, shuffle {r['shuffle'][:12]}", r["rows_per_s"], "rows/s")
+            for r in out["results"]]
+    by = {(r["pipeline"], r["shuffle"] == "none"): r["rows_per_s"] for r in out["results"]}
+    shard = [k for k in by if k[0].startswith("ray streaming_split")]
+    loader = [k for k in by if k[0].startswith("torch DataLoader")]
+    if shard and loader:
+        for plain in (True, False):
+            num = next((by[k] for k in shard if k[1] == plain), None)
+            den = next((by[k] for k in loader if k[1] == plain), None)
+            which = "no shuffle" if plain else "shuffled"
+            value = num / den if num and den else None
+            rows.append(Row("ingest", f"ray shard / DataLoader, {which}", value, "x"))
+    rows.append(Row("ingest", "load_dataset (plan + materialise)", out.get("load_dataset_s"), "s"))
+    return rows
+
+
+def bench_startup(ctx: Ctx) -> list[Row]:
+    """Default config (evaluation on when the data has labels) for one step; the last run counts."""
+    overrides = [f"data.source={ctx.source}", "train.kimg=null", "train.steps=1"]
+    if ctx.quick:
+        overrides += ["eval.features=none"]
+    runs = []
+    for i in range(ctx.size.startup_runs):
+        runs.append(run_ganray(ctx.out, f"startup{i}", overrides))
+    totals = [_first_step_after(r) for r in runs]
+    last = runs[-1]
+    breakdown = last.summary.get("startup", {})
+    ctx.details["startup"] = {"totals_s": totals, "breakdown": breakdown, "summaries": [r.summary for r in runs]}
+    rows = [Row("startup", "command start -> first step", totals[-1], "s", "<= 15", totals[-1] <= 15,
+                "eval off (--quick)" if ctx.quick else "default config, caches warm")]
+    if len(runs) > 1:
+        rows.append(Row("startup", "  the same, first run (cold caches)", totals[0], "s"))
+    for phase, seconds in breakdown.items():
+        if phase != "total_s":
+            rows.append(Row("startup", f"  {phase[:-2]}", seconds, "s"))
+    return rows
+
+
+def _first_step_after(run) -> float | None:
+    timing = json.loads((run.run_dir / "timing.json").read_text())
+    return timing["first_step"] - run.popen_time if "first_step" in timing else None
+
+
+def bench_tune(ctx: Ctx) -> list[Row]:
+    s = ctx.size
+    search = ctx.out / "search.yaml"
+    search.write_text("space:\n  optim.lr_g: {grid: [0.0002, 0.0001]}\n")
+    every = ctx.every(s.report)
+    cmd = [sys.executable, "-m", "ganray.cli", "tune", "--preset", "mnist", "--data", ctx.source,
+           "--search", str(search), "--num-samples", "1", "--scheduler", "fifo", "--max-concurrent", "1",
+           "--out", str(ctx.out), "--name", "tune", "--kimg", ctx.every(2 * s.report)]
+    for o in ctx.model()[1:] + [f"eval.every_kimg={every}", f"eval.fid_samples={min(s.fid_samples, 2048)}"]:
+        cmd += ["--set", o]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ganray tune failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    trials = []
+    for timing in sorted((ctx.out / "tune").glob("**/timing.json")):
+        marks = json.loads(timing.read_text())
+        metrics = timing.parent / "metrics.csv"
+        trials.append({"trial": timing.parent.name, "start_to_first_step_s": marks["first_step"] - marks["prepare_start"],
+                       "first_step": marks["first_step"], "ended": metrics.stat().st_mtime,
+                       "img_per_s": steady(_rows(metrics), s.batch)["img_per_s"]})
+    trials.sort(key=lambda t: t["first_step"])
+    if not trials:
+        raise RuntimeError("ganray tune wrote no timing.json under its trials' run folders")
+    per_trial = sum(t["start_to_first_step_s"] for t in trials) / len(trials)
+    turnover = [b["first_step"] - a["ended"] for a, b in zip(trials, trials[1:])]
+    rate = ctx.details.get("overhead_img_per_s") or trials[-1]["img_per_s"]
+    default_trial_s = DEFAULT_TRIAL_KIMG * 1000 / rate if rate else None
+    ctx.details["tune"] = {"trials": trials, "turnover_s": turnover, "first_trial_after_cmd_s": trials[0]["first_step"] - t0,
+                           "default_trial_train_s": default_trial_s}
+    frac = per_trial / default_trial_s if default_trial_s else None
+    rows = [Row("tune", "trial start -> first step (mean)", per_trial, "s", note=f"{len(trials)} trials, sequential"),
+            Row("tune", "  as a share of a default trial (60 kimg)", frac, "", "<= 0.10",
+                None if frac is None else frac <= 0.10, f"trial trains ~{default_trial_s or 0:.0f} s at {rate or 0:.0f} img/s")]
+    if turnover:
+        rows.append(Row("tune", "  previous trial's last report -> next first step", sum(turnover) / len(turnover), "s"))
+    rows.append(Row("tune", "  command start -> first trial's first step", trials[0]["first_step"] - t0, "s"))
+    return rows
+
+
+def _rows(path: Path) -> list[dict]:
+    from common import read_metrics
+
+    return read_metrics(path)
+
+
+def bench_eval(ctx: Ctx) -> list[Row]:
+    rows = _frechet_rows(ctx)
+    s = ctx.size
+    try:
+        import ganray.metrics.training  # noqa: F401  (the evaluation wired into training)
+    except ImportError:
+        return rows + [Row("eval", "evaluation share of training", None, note="skipped: ganray.metrics.training missing")]
+    run = run_ganray(ctx.out, "eval", ctx.model() + ["train.kimg=null", f"train.steps={2 * s.report}",
+                     f"train.report_every_kimg={ctx.every(s.report)}", f"eval.every_kimg={ctx.every(s.report)}",
+                     "train.checkpoint_every_kimg=1e6", "eval.features=auto", f"eval.fid_samples={s.fid_samples}",
+                     f"train.threads_per_worker={ctx.threads}"])
+    evals = [r["eval_s"] for r in run.rows if "eval_s" in r]
+    if not evals:
+        return rows + [Row("eval", "evaluation share of training", None, note="skipped: no eval_s column (no labels?)")]
+    per_eval = sum(evals) / len(evals)
+    rate = ctx.details.get("overhead_img_per_s") or steady(run.rows, s.batch)["img_per_s"]
+    wall = run.rows[-1]["wall_s"] + evals[-1]
+
+    def share(every_kimg: float) -> float:
+        return per_eval / (per_eval + every_kimg * 1000 / rate)
+
+    ctx.details["eval"] = {"eval_s": evals, "img_per_s": rate, "rows": run.rows}
+    return rows + [
+        Row("eval", f"seconds per evaluation ({s.fid_samples} samples)", per_eval, "s"),
+        Row("eval", f"  share at the default interval ({DEFAULT_EVAL_EVERY_KIMG:g} kimg)", share(DEFAULT_EVAL_EVERY_KIMG),
+            "", note=f"training at {rate:.0f} img/s"),
+        Row("eval", f"  share at Tune's interval ({TUNE_EVAL_EVERY_KIMG:g} kimg)", share(TUNE_EVAL_EVERY_KIMG), ""),
+        Row("eval", "  share in this run (evaluating every report)", sum(evals) / wall, ""),
+    ]
+
+
+def _frechet_rows(ctx: Ctx) -> list[Row]:
+    import numpy as np
+
+    from ganray.metrics.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    d, n = 2048, 4096
+    stats = []
+    for _ in range(2):  # two full-rank covariances of 4096 correlated 2048-d features
+        x = rng.standard_normal((n, d)) @ (np.eye(d) + 0.1 * rng.standard_normal((d, d)) / np.sqrt(d))
+        stats.append((x.mean(0), np.cov(x, rowvar=False)))
+    times = []
+    for _ in range(ctx.size.fid_repeats):
+        t0 = time.perf_counter()
+        frechet_distance(stats[0][0], stats[0][1], stats[1][0], stats[1][1])
+        times.append(time.perf_counter() - t0)
+    return [Row("eval", "frechet_distance, 2048-d statistics", min(times), "s", note=f"min of {len(times)}")]
+
+
+def bench_gpu(ctx: Ctx) -> list[Row]:
+    from gpu_bench import gpu_rows
+
+    return gpu_rows(ctx)
+
+
+BENCHMARKS = {"overhead": bench_overhead, "scaling": bench_scaling, "ingest": bench_ingest,
+              "startup": bench_startup, "tune": bench_tune, "eval": bench_eval, "gpu": bench_gpu}
+DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]  # gpu: via gpu_check.sh
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmarks run, measures little")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (default: benchmarks.json)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    p.add_argument("--data", default=None, help="data.source (default: the shared MNIST test set, else digits)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for overhead/eval (default: all cores)")
+    p.add_argument("--device", default="cpu", help="gpu benchmark only: cuda or cpu (tiny sizes on cpu)")
+    p.add_argument("--keep", type=Path, default=None, help="keep run folders here instead of a temp folder")
+    args = p.parse_args(argv)
+    names = args.only.split(",") if args.only else DEFAULT
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"run.py: error: unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    import os
+
+    with tempfile.TemporaryDirectory(prefix="ganray-bench-") as tmp:
+        out = args.keep or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        ctx = Ctx(QUICK if args.quick else FULL, args.data or default_source(), args.threads or os.cpu_count() or 1,
+                  out, args.quick, args.device)
+        report = {"machine": machine(), "quick": args.quick, "source": ctx.source, "started": time.strftime("%F %T"),
+                  "benchmarks": {}}
+        rows: list[Row] = []
+        for name in names:
+            before, t0 = load_avg(), time.perf_counter()
+            try:
+                got = BENCHMARKS[name](ctx)
+            except Exception as e:  # one failing benchmark must not hide the others' numbers
+                got = [Row(name, "FAILED", None, note=f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")]
+                print(f"[{name}] failed: {e}", file=sys.stderr)
+            rows += got
+            report["benchmarks"][name] = {"rows": [r.as_dict() for r in got], "seconds": time.perf_counter() - t0,
+                                          "load_avg_before": before, "load_avg_after": load_avg(),
+                                          "details": ctx.details.get(name)}
+            print(f"[{name}] {time.perf_counter() - t0:.0f} s, load average {before[0]} -> {load_avg()[0]}",
+                  file=sys.stderr)
+    m = report["machine"]
+    print(f"\n{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, GPU {m['gpu'] or 'none'}; torch {m['torch']}, "
+          f"ray {m['ray']}; data {ctx.source}{' (--quick)' if args.quick else ''}")
+    print_table(rows)
+    path = args.json or Path("benchmarks.json")
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"results: {path}")
+    return 1 if any(r.measurement == "FAILED" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

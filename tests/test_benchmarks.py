@@ -1,0 +1,89 @@
+"""Smoke tests of the benchmark entry points: benchmarks/run.py, plain_loop.py, gpu_check.sh."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ganray.config import debug
+from ganray.launch import startup_breakdown
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from common import Row, ratio_row, steady  # noqa: E402
+from plain_loop import plain_loop  # noqa: E402
+
+
+def test_steady_skips_the_first_report_and_weights_by_images():
+    rows = [  # steps 10, 20, 40 at batch 8: windows of 80, 80, 160 images
+        {"step": 10, "img_per_s": 10.0, "data_wait_frac": 0.5},
+        {"step": 20, "img_per_s": 80.0, "data_wait_frac": 0.0},
+        {"step": 40, "img_per_s": 160.0, "data_wait_frac": 0.1},
+    ]
+    got = steady(rows, 8)
+    assert got["windows"] == 2
+    assert got["img_per_s"] == pytest.approx((80 + 160) / (1.0 + 1.0))
+    assert got["data_wait_frac"] == pytest.approx(0.05)
+
+
+def test_ratio_row_checks_the_target_and_survives_missing_values():
+    assert ratio_row("a", "m", 98.0, 100.0, at_least=0.97).ok is True
+    assert ratio_row("a", "m", 90.0, 100.0, at_least=0.97).ok is False
+    missing = ratio_row("a", "m", None, 100.0, at_least=0.97)
+    assert missing.value is None and missing.ok is None
+    assert Row("a", "m", 1.0).as_dict()["benchmark"] == "a"
+
+
+def test_startup_breakdown_phases_add_up():
+    t = 1000.0
+    marks = {"process_start": t, "cmd": t + 1, "ray_ready": t + 3, "prepare_start": t + 3.1,
+             "dataset_ready": t + 5, "prepared": t + 5.5, "fit_start": t + 6, "worker_start": t + 9,
+             "loop_ready": t + 10, "first_batch": t + 10.5, "first_step": t + 11}
+    got = startup_breakdown(marks)
+    assert got["ray_start_s"] == pytest.approx(2.0) and got["worker_group_start_s"] == pytest.approx(3.0)
+    assert got["total_s"] == pytest.approx(11.0)
+    assert sum(v for k, v in got.items() if k != "total_s") == pytest.approx(11.0 - 0.1)  # gap before prepare
+    # A Tune trial has no driver command marks: the total runs from prepare_start.
+    trial = startup_breakdown({k: v for k, v in marks.items() if k not in ("process_start", "cmd", "ray_ready")})
+    assert "ray_start_s" not in trial and trial["total_s"] == pytest.approx(11.0 - 3.1)
+
+
+def test_plain_loop_trains_and_measures():
+    cfg = debug()
+    cfg.data.source = "digits"
+    out = plain_loop(cfg, steps=6, report_every=2, threads=1)
+    assert len(out["window_img_per_s"]) == 3 and out["img_per_s"] > 0
+    assert out["first_step_s"] > 0 and out["wall_s"] >= out["first_step_s"]
+    assert all(v == v for v in out["final"].values())  # finite statistics, not NaN
+
+
+def test_run_rejects_unknown_benchmark(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "nope", "--json", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
+    """The GPU check's CPU path: plain loop and ganray in fp32 and bf16, features, table, JSON."""
+    out = tmp_path / "gpu.json"
+    t0 = time.time()
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ganray 1 worker img/s, bf16" in proc.stdout
+    rows = {r["measurement"]: r for r in json.loads(out.read_text())["benchmarks"]["gpu"]["rows"]}
+    for key in ("plain loop img/s, fp32", "ganray 1 worker img/s, fp32", "plain loop img/s, bf16",
+                "ganray 1 worker img/s, bf16", "FID features, classifier"):
+        assert rows[key]["value"] and rows[key]["value"] > 0, key
+    print(f"gpu_check.sh --device cpu: {time.time() - t0:.0f} s")
+
+
+def test_gpu_check_rejects_bad_device():
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "tpu"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--device" in proc.stderr
