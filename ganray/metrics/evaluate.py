@@ -149,9 +149,9 @@ def evaluate_generator(G, feature_net, real_stats: FeatureStats, *, num_samples:
     G.eval()
     try:
         rank, world = dist.rank(), dist.world_size()
-        blocks = torch.arange(rank, (num_samples + NOISE_BLOCK - 1) // NOISE_BLOCK, world)
-        mine = torch.cat([torch.arange(b * NOISE_BLOCK, min((b + 1) * NOISE_BLOCK, num_samples)) for b in blocks]) \
-            if len(blocks) else torch.zeros(0, dtype=torch.int64)
+        blocks = range(rank, (num_samples + NOISE_BLOCK - 1) // NOISE_BLOCK, world)
+        mine = torch.cat([torch.arange(b * NOISE_BLOCK, min((b + 1) * NOISE_BLOCK, num_samples)) for b in blocks]
+                         or [torch.zeros(0, dtype=torch.int64)])  # global sample indices, sorted
         z_all = _noise(seed, mine, latent_dim) if len(mine) else torch.zeros(0, latent_dim)
         collector = _Collector(feature_net, metrics)
         with torch.no_grad():

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="train the evaluation classifier on labelled real data")
     fit.add_argument("--data", required=True, help="labelled dataset: digits, IDX folder, image folder, Parquet, .npz")
     fit.add_argument("--out", help="output .safetensors (default: the cache, keyed by dataset fingerprint)")
-    fit.add_argument("--epochs", type=int, default=5)
+    fit.add_argument("--epochs", type=int, default=6)
     fit.add_argument("--resolution", type=int, choices=[16, 32, 64], default=32, help="data.resolution")
     fit.add_argument("--channels", type=int, choices=[1, 3], default=1, help="data.channels")
     fit.add_argument("--heldout", type=int, default=2000, help="held-out images for the accuracy (at most 1/5)")
