@@ -167,6 +167,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
             reals.append((real, labels if conditional else None))
         n_z = cfg.optim.d_steps + (1 if cfg.optim.d_steps > 1 else 0)
         zs = [torch.randn(B, cfg.model.latent_dim, device=device, generator=gen) for _ in range(n_z)]
+        buffers = _copy_buffers(st.G, st.D)
         values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=st.step, prec=prec,
                                  augment=augment, generator=gen)
         if "first_step" not in marks:  # start-up timing: launch.startup_breakdown reads timing.json
@@ -178,6 +179,8 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         st.step += 1
         st.images_seen += images_per_step
         if bad:
+            # BatchNorm statistics moved during the forward passes, before the guard saw the NaN.
+            _put_back(buffers)
             st.nan_skips += 1
             consecutive_bad += 1
             if consecutive_bad >= cfg.train.nan_skip_limit:
@@ -293,6 +296,17 @@ def _reduce_stats(acc: dict[str, torch.Tensor], n: int, device) -> dict[str, flo
     keys = sorted(acc)
     vec = torch.stack([acc[k] for k in keys]).to(device) / max(n, 1)
     return dict(zip(keys, dist.all_reduce_mean(vec).tolist()))
+
+
+def _copy_buffers(*nets: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) pairs: BatchNorm running statistics, a few KB to MB per network."""
+    return [(b, b.detach().clone()) for net in nets for b in dist.unwrap(net).buffers()]
+
+
+@torch.no_grad()
+def _put_back(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for b, copy in saved:
+        b.copy_(copy)
 
 
 def _rollback(st: TrainState, good: dict, bad_steps: int) -> None:
