@@ -218,3 +218,140 @@ def test_metrics_on_a_full_disk_keep_the_previous_file(tiny_disk):
     assert err.value.errno == errno.ENOSPC and "metrics.csv" in str(err.value)
     assert (tiny_disk / "run" / "metrics.csv").read_bytes() == before
     assert sorted(p.name for p in (tiny_disk / "run").iterdir()) == ["metrics.csv"], "temp file left behind"
+
+
+# --------------------------------------------------------------------------------------------
+# End to end on the shared Ray instance: 1 worker, tiny debug models, 8 steps.
+
+
+@pytest.fixture(scope="module")
+def straight(ray_session, tmp_path_factory):
+    """An uninterrupted 8-step run: checkpoints at steps 4 and 8, reports every 2 steps."""
+    out = tmp_path_factory.mktemp("straight")
+    assert main(["train", *TINY, "--out", str(out), "--name", "s", "--steps", "8"]) == 0
+    return out / "s"
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def test_killed_worker_restarts_from_its_checkpoint(straight, tmp_path, monkeypatch):
+    """SIGKILL at step 6 (checkpoint at 4): one restart, same steps, same final weights."""
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("GANRAY_FAULT_KILL_AT", "6")
+    monkeypatch.setenv("GANRAY_FAULT_MARKER", str(marker))
+    rc = main(["train", *TINY, "--out", str(tmp_path), "--name", "k", "--steps", "8",
+               "--set", "train.max_failures=1"])
+    assert rc == 0 and marker.read_text() == "6", "the worker was not killed at step 6"
+    run = tmp_path / "k"
+    assert _steps(run) == [2, 4, 6, 8]
+    # Resumed from checkpoint 4, not from scratch: grids 2 and 4 predate the kill, 6 and 8 follow it.
+    grid = run / "samples"
+    assert _mtime(grid / "grid_00000004.png") <= _mtime(marker) <= _mtime(grid / "grid_00000006.png")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 8
+    a, b = load_state(list_checkpoints(straight)[-1]), load_state(list_checkpoints(run)[-1])
+    assert a["step"] == b["step"] == 8
+    _assert_same_params(a, b)
+
+
+def test_exhausted_retries_name_the_rank_and_the_error(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GANRAY_FAULT_RAISE_AT", "2")
+    rc = main(["train", *TINY, "--out", str(tmp_path), "--name", "r", "--steps", "8",
+               "--set", "train.max_failures=0"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert err.startswith("ganray: error:") and "rank 0" in err and "injected failure at step 2" in err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "injected failure" in summary["error"]
+
+
+def test_resume_skips_a_checkpoint_holding_pickled_code(straight, tmp_path, capsys):
+    """Latest checkpoint replaced by a code-running pickle: resume from step 4, same result."""
+    run = tmp_path / "c"
+    shutil.copytree(straight, run)
+    (run / "summary.json").unlink()
+    _evil_state(run / "checkpoint_00000008" / "state.pt", tmp_path / "PWNED")
+    t_resume = time.time()
+    rc = main(["train", *TINY, "--out", str(tmp_path), "--name", "c", "--steps", "8", "--resume"])
+    assert rc == 0, capsys.readouterr().err
+    assert not (tmp_path / "PWNED").exists()
+    assert _steps(run) == [2, 4, 6, 8]
+    # Grids up to step 4 are the copied ones (copytree keeps times); 6 and 8 were made again.
+    assert _mtime(run / "samples" / "grid_00000004.png") < t_resume <= _mtime(run / "samples" / "grid_00000006.png")
+    _assert_same_params(load_state(straight / "checkpoint_00000008"), load_state(run / "checkpoint_00000008"))
+
+
+def test_resume_without_a_readable_checkpoint_fails_naming_the_files(straight, tmp_path, capsys):
+    run = tmp_path / "c"
+    shutil.copytree(straight, run)
+    _truncate(run / "checkpoint_00000008" / "state.pt")
+    _evil_state(run / "checkpoint_00000004" / "state.pt", tmp_path / "PWNED")
+    rc = main(["train", *TINY, "--out", str(tmp_path), "--name", "c", "--steps", "8", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 1 and not (tmp_path / "PWNED").exists()
+    assert "no readable checkpoint" in err
+    assert str(run / "checkpoint_00000008" / "state.pt") in err and str(run / "checkpoint_00000004" / "state.pt") in err
+
+
+def _column(run: Path, key: str) -> dict[int, int]:
+    return {int(r["step"]): int(float(r[key])) for r in _rows(run)}
+
+
+def test_nan_guard_skips_then_rolls_back_and_recovers(ray_session, tmp_path, monkeypatch):
+    """A NaN batch at step 2 is skipped; a NaN weight at step 5 needs a rollback to step 4."""
+    monkeypatch.setenv("GANRAY_FAULT_NAN_STEPS", "2")
+    monkeypatch.setenv("GANRAY_FAULT_NAN_WEIGHT_AT", "5")
+    monkeypatch.setenv("GANRAY_FAULT_NAN_ONCE", "1")
+    rc = main(["train", *TINY, "--out", str(tmp_path), "--name", "n", "--steps", "8",
+               "--set", "train.nan_skip_limit=2", "--set", "train.max_rollbacks=1"])
+    assert rc == 0
+    run = tmp_path / "n"
+    # Steps 5 and 6 (0-based, before the update) are bad: two skips, then the rollback.
+    assert _column(run, "nan_skips") == {2: 0, 4: 1, 6: 3, 8: 3}
+    assert _column(run, "rollbacks") == {2: 0, 4: 0, 6: 1, 8: 1}
+    state = load_state(run / "checkpoint_00000008")
+    assert state["step"] == 8 and state["nan_skips"] == 3 and state["rollbacks"] == 1
+    for net in ("G", "D", "G_ema"):
+        assert all(torch.isfinite(v).all() for v in state[net].values() if v.is_floating_point()), net
+
+
+def test_persistent_nans_fail_as_divergence(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GANRAY_FAULT_NAN_STEPS", "5-1000")
+    rc = main(["train", *TINY, "--out", str(tmp_path), "--name", "d", "--steps", "12",
+               "--set", "train.nan_skip_limit=2", "--set", "train.max_rollbacks=1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "training diverged" in err and "after 1 rollback(s)" in err, err
+    assert _steps(tmp_path / "d") == [2, 4]
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "failed"
+
+
+def _first_batches(out: Path, tag: str) -> list[float]:
+    """Sums of the first 6 training batches one worker sees through TorchTrainer's dataset shard."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ganray.launch import _ordered, prepare
+
+    cfg = debug()
+    cfg.run.out, cfg.run.name = str(out), tag
+    p = prepare(cfg)  # the driver side of a real run: dataset, data order, trainer config
+
+    def record(c):
+        from ganray.config import from_dict
+        from ganray.train_loop import _batches
+
+        it = _batches(ray.train.get_dataset_shard("train"), from_dict(c["config"]), 0, torch.device("cpu"),
+                      rows_per_rank=c["num_rows"])
+        Path(c["run_dir"], "batches.json").write_text(json.dumps([float(next(it)[0].sum()) for _ in range(6)]))
+
+    TorchTrainer(record, train_loop_config=p.loop_config, scaling_config=ray.train.ScalingConfig(num_workers=1),
+                 datasets={"train": p.dataset}, dataset_config=ray.train.DataConfig(execution_options=_ordered()),
+                 run_config=ray.train.RunConfig(name=tag, storage_path=str(out))).fit()
+    return json.loads((out / tag / "batches.json").read_text())
+
+
+def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
+    """Same seed, one worker: the same batches (the local shuffle buffer included), run after run."""
+    assert _first_batches(tmp_path, "a") == _first_batches(tmp_path, "b")
