@@ -47,7 +47,9 @@ def write_samples(checkpoint: str, out: str, *, n: int = 64, label: int | None =
     if path.suffix == ".png":
         from PIL import Image
 
-        grid = image_grid(images, nrow=max(1, int(np.ceil(np.sqrt(n)))))
+        # Conditional and no --label: one column per class (labels cycle 0..K-1 along each row).
+        nrow = num_classes if num_classes and label is None else max(1, int(np.ceil(np.sqrt(n))))
+        grid = image_grid(images, nrow=nrow)
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     else:
         arrays = {"images": images} | ({"labels": labels} if labels is not None else {})

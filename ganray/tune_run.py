@@ -152,7 +152,7 @@ def write_results(grid, base: Config, space: dict, stopper: GANStopper, exp_dir:
             "kimg": m.get("kimg", 0.0),
             "stop_reason": reason,
             "wall_s": m.get("time_total_s", 0.0),
-            "checkpoint": m.get("checkpoint_dir_name") or m.get("_checkpoint_path") or "",
+            "checkpoint": _checkpoint_of(res, m),
             "run_dir": f"{exp_dir}/runs/{trial_id}",
             "curve": ";".join(f"{k:g}:{f:g}" for k, f in zip(df["kimg"], df["fid"])) if fids else "",
         })
@@ -172,6 +172,13 @@ def write_results(grid, base: Config, space: dict, stopper: GANStopper, exp_dir:
     _plot_trials(out, rows)
     out.write_json("summary.json", summary)
     return summary | {"table": table, "exp_dir": exp_dir}
+
+
+def _checkpoint_of(res, metrics: dict) -> str:
+    """The trial's latest checkpoint: Tune's own (PBT trials), else the one Ray Train reported."""
+    if getattr(res, "checkpoint", None) is not None:
+        return res.checkpoint.path
+    return metrics.get("checkpoint_path") or ""
 
 
 def _plain(d):

@@ -39,6 +39,7 @@ def test_results_tables_and_best_config(experiment):
     assert len(table) == 4
     assert set(pd.read_parquet(experiment / "results.parquet").columns) >= {"trial_id", "best_fid", "kimg", "stop_reason"}
     assert (experiment / "trials.png").stat().st_size > 1000
+    assert table["checkpoint"].astype(str).str.contains("checkpoint_").all()
     best = yaml.safe_load((experiment / "best_config.yaml").read_text())
     assert best["optim"]["lr_d"] == table.iloc[0]["optim.lr_d"]  # sorted by best FID
     from ganray.config import from_dict

@@ -1,0 +1,97 @@
+"""Quality table: train each configuration for a fixed wall-clock budget, judge 10,000 samples.
+
+    python benchmarks/quality.py --rows default,hinge_sn,no_ema --minutes 6 --json quality.json
+
+Each row runs `ganray train --data MNIST --workers 2 --max-minutes M` with its overrides, samples
+10,000 images from the final checkpoint (EMA generator when on) and scores them with the
+reference judge in ../shared/tools (judge FID, IS, modes), next to ganray's own FID when the run
+evaluated itself. Rows run one after another; nothing else should run on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# name -> --set overrides on top of the mnist preset (the default)
+ROWS: dict[str, list[str]] = {
+    "default": [],
+    "no_ema": ["ema.enabled=false"],
+    "minimax": ["loss.kind=minimax"],
+    "hinge": ["loss.kind=hinge"],
+    "hinge_sn": ["loss.kind=hinge", "model.spectral_norm=true", "model.d_norm=none"],
+    "lsgan": ["loss.kind=lsgan"],
+    "wgan_gp": ["loss.kind=wgan-gp", "model.d_norm=none", "optim.d_steps=2", "optim.beta1=0.0", "optim.beta2=0.9"],
+    "r1": ["loss.r1_gamma=0.1", "loss.r1_every=16"],
+    "diffaug": ["augment.policy=translation,cutout"],
+    "conditional": ["model.conditional=true"],
+    "resnet": ["model.arch=resnet", "model.g_width=16", "model.d_width=16", "model.spectral_norm=true",
+               "model.d_norm=none", "loss.kind=hinge"],
+    "width64": ["model.g_width=64", "model.d_width=64"],
+}
+
+
+def run_row(name: str, overrides: list[str], minutes: float, out: Path, workers: int, extra: list[str]) -> dict:
+    run_name = f"q-{name}-{int(time.time())}"
+    cmd = [sys.executable, "-m", "ganray.cli", "train", "--data", str(SHARED / "data" / "mnist"),
+           "--workers", str(workers), "--max-minutes", str(minutes), "--kimg", "100000", "--out", str(out),
+           "--name", run_name, "--quiet"]
+    for o in overrides + extra:
+        cmd += ["--set", o]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        return {"row": name, "error": proc.stderr[-1500:]}
+    run_dir = out / run_name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    samples = run_dir / "judge_samples.npz"
+    # The final checkpoint: equal budgets compare the state each configuration reached at the end.
+    subprocess.run([sys.executable, "-m", "ganray.cli", "sample", "--checkpoint", summary["final_checkpoint"],
+                    "--n", "10000", "--out", str(samples)], check=True, capture_output=True)
+    judge = subprocess.run([sys.executable, str(SHARED / "tools" / "judge_mnist.py"), str(SHARED / "data" / "mnist"),
+                            str(samples)], capture_output=True, text=True, check=True)
+    verdict = json.loads(judge.stdout.strip().splitlines()[-1])
+    return {
+        "row": name, "overrides": " ".join(overrides) or "(mnist preset)", "judge_fid": verdict["fid"],
+        "judge_is": verdict.get("is"), "modes": verdict.get("modes"), "ganray_fid": summary.get("best_fid"),
+        "kimg": summary["kimg"], "img_per_s": summary["img_per_s"], "train_s": summary.get("train_s"),
+        "wall_s": wall, "run_dir": str(run_dir),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="default", help=f"comma-separated rows from {', '.join(ROWS)}")
+    ap.add_argument("--minutes", type=float, default=6.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="/tmp/ganray-quality")
+    ap.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
+    ap.add_argument("--json", help="append results to this JSON-lines file")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{'row':<12} {'judge FID':>9} {'modes':>5} {'IS':>5} {'ganray FID':>10} {'kimg':>7} {'img/s':>7}")
+    for name in args.rows.split(","):
+        res = run_row(name, ROWS[name], args.minutes, out, args.workers, args.extra)
+        if "error" in res:
+            print(f"{name:<12} FAILED: {res['error']}")
+        else:
+            gf = f"{res['ganray_fid']:.2f}" if res["ganray_fid"] is not None else "-"
+            print(f"{name:<12} {res['judge_fid']:>9.2f} {res['modes']:>5} {res['judge_is']:>5.2f} {gf:>10} "
+                  f"{res['kimg']:>7.1f} {res['img_per_s']:>7.0f}", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(res) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
