@@ -19,29 +19,31 @@ def _as_tensor(name: str, a) -> torch.Tensor:
     return t.to(torch.float32)
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (len(a) x len(b)) via |a|^2 + |b|^2 - 2 a.b, clamped at 0."""
-    d = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return d.clamp_min_(0.0)
+def _sq_dists(a: torch.Tensor, b: torch.Tensor, b_norms: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (len(a) x len(b)): |b|^2 - 2 a.b + |a|^2, clamped at 0."""
+    d = torch.addmm(b_norms[None, :], a, b.T, alpha=-2.0)
+    return d.add_((a * a).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
 def knn_radii(x: torch.Tensor, k: int = 3, block: int = 1024) -> torch.Tensor:
     """Squared distance from each row of x to its k-th nearest other row: shape (n,)."""
     if k >= len(x):
         raise ValueError(f"k={k} nearest neighbours need more than {k} points, got {len(x)}")
+    norms = (x * x).sum(1)
     out = torch.empty(len(x), dtype=x.dtype, device=x.device)
     for i in range(0, len(x), block):
-        d = _sq_dists(x[i : i + block], x)
+        d = _sq_dists(x[i : i + block], x, norms)
         # k + 1 smallest: the point itself is its own nearest neighbour at distance 0.
-        out[i : i + block] = d.kthvalue(k + 1, dim=1).values
+        # (topk is ~10x faster than kthvalue on CPU for small k.)
+        out[i : i + block] = d.topk(k + 1, dim=1, largest=False).values[:, k]
     return out
 
 
 def _coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, block: int) -> float:
     """Share of `points` within radius of at least one centre."""
-    inside = 0
+    inside, norms = 0, (centres * centres).sum(1)
     for i in range(0, len(points), block):
-        d = _sq_dists(points[i : i + block], centres)
+        d = _sq_dists(points[i : i + block], centres, norms)
         inside += int((d <= radii[None, :]).any(dim=1).sum())
     return inside / len(points)
 
