@@ -285,7 +285,11 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
     if progress and sys.stdout.isatty():
         sys.stdout.write("\n")
     summary = _summary(p, last, outcome, t_cmd, run)
-    run.write_json("summary.json", summary)
+    try:
+        run.write_json("summary.json", summary)
+    except OSError as e:  # a full or read-only disk: say so, but never instead of the training error
+        note = f"cannot write {e.filename}: {e.strerror}"
+        raise RunError(f"{describe_failure(outcome['error'])}\n  {note}" if "error" in outcome else note) from None
     if "error" in outcome:
         raise RunError(describe_failure(outcome["error"]))
     return summary
