@@ -354,7 +354,11 @@ def _report(session, row: dict, st: TrainState, cfg: Config, save: bool, is_last
     state["fid"] = row.get("fid")
     with tempfile.TemporaryDirectory(prefix="ganray-ckpt-") as tmp:
         ckpt_io.save(tmp, state, cfg, st.sampler().state_dict())
-        session.report(metrics, tmp, name)
+        try:
+            session.report(metrics, tmp, name)
+        except OSError as e:  # Ray's copy into the run folder: a full or read-only disk, lost access
+            raise OSError(e.errno, f"storing {name} in the run folder failed ({e.strerror or e}); "
+                          "earlier checkpoints are kept, --resume skips a partial one") from e
 
 
 def _record_workers(run: RunFolder | None, world: int) -> None:
