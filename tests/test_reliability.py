@@ -14,8 +14,9 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -157,18 +158,21 @@ def test_failed_atomic_write_keeps_the_previous_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"], "temp file left behind"
 
 
+def _mount_tmpfs(mnt: Path, size_kib: int) -> None:
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 256 KiB tmpfs, holding one debug checkpoint; skipped where mount is not allowed."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    _mount_tmpfs(tmp_path / "disk", 256)
     try:
-        yield mnt
+        yield tmp_path / "disk"
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=False)
 
 
 def _fill(path: Path) -> None:
@@ -295,6 +299,32 @@ def test_resume_without_a_readable_checkpoint_fails_naming_the_files(straight, t
     assert str(run / "checkpoint_00000008" / "state.pt") in err and str(run / "checkpoint_00000004" / "state.pt") in err
 
 
+def _kib_on_tmpfs(root: Path) -> int:
+    """What a folder takes on a tmpfs: whole 4 KiB pages per file."""
+    return sum(-(-f.stat().st_size // 4096) * 4 for f in root.rglob("*") if f.is_file())
+
+
+def test_checkpoint_upload_to_a_full_disk_fails_clearly_and_resumes(straight, tmp_path, capsys):
+    """Through Ray's checkpoint upload: the run folder's disk fills up while checkpoint 8 is copied."""
+    ckpt = _kib_on_tmpfs(straight / "checkpoint_00000008")
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, _kib_on_tmpfs(straight) - ckpt // 2)  # all but half of the last checkpoint
+    try:
+        args = ["train", *TINY, "--out", str(disk), "--name", "f", "--steps", "8"]
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 1, err
+        assert "storing checkpoint_00000008 in the run folder failed" in err and "No space left on device" in err
+        assert f"cannot write {disk / 'f' / 'summary.json'}" in err
+        assert load_state(disk / "f" / "checkpoint_00000004")["step"] == 4, "the previous checkpoint was damaged"
+        _remount(disk, "size=4m")  # space freed: --resume skips the partial checkpoint 8, continues from 4
+        assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+        assert _steps(disk / "f") == [2, 4, 6, 8]
+        _assert_same_params(load_state(straight / "checkpoint_00000008"), load_state(disk / "f" / "checkpoint_00000008"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def _column(run: Path, key: str) -> dict[int, int]:
     return {int(r["step"]): int(float(r[key])) for r in _rows(run)}
 
@@ -355,3 +385,119 @@ def _first_batches(out: Path, tag: str) -> list[float]:
 def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
     """Same seed, one worker: the same batches (the local shuffle buffer included), run after run."""
     assert _first_batches(tmp_path, "a") == _first_batches(tmp_path, "b")
+
+
+# --------------------------------------------------------------------------------------------
+# The driver (`ganray train`, with its own local Ray) killed with SIGKILL, then --resume.
+
+TAG_ENV = "GANRAY_RELIABILITY_TAG"
+
+
+def _tagged(tag: str) -> dict[int, str]:
+    """pid -> command line of each process whose environment holds TAG_ENV=tag: the driver's
+    Ray (gcs_server, raylet, its agents) and Ray's workers inherit the driver's environment."""
+    want = f"{TAG_ENV}={tag}".encode()
+    found = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if want in (d / "environ").read_bytes().split(b"\0"):
+                    found[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # gone meanwhile, or a zombie
+                continue
+    return found
+
+
+def _wait_gone(tag: str, timeout_s: float) -> dict[int, str]:
+    deadline = time.time() + timeout_s
+    while (left := _tagged(tag)) and time.time() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def driver_env():
+    """Environment for a `ganray train` subprocess: its own Ray under a short temp dir (Ray's socket
+    paths must stay under 108 characters), its own HOME (so its own auth token), a tag to find its
+    processes. Anything tagged that is still alive at the end is killed by pid."""
+    root = Path(tempfile.mkdtemp(prefix="grl-", dir="/tmp"))
+    drop = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("GANRAY_FAULT_")}
+    env.update(RAY_TMPDIR=str(root), HOME=str(root / "home"), **{TAG_ENV: root.name})
+    (root / "home").mkdir()
+    yield env, root
+    _kill(_tagged(root.name))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _newest_readable_step(run: Path) -> int:
+    for d in reversed(list_checkpoints(run)):
+        try:
+            return int(load_state(d)["step"])
+        except CheckpointError:
+            continue
+    return 0
+
+
+def test_killed_driver_leaves_no_ray_behind_and_resumes(driver_env, tmp_path):
+    exe = shutil.which("ganray")
+    if exe is None:
+        pytest.skip("the ganray console script is not installed")
+    env, root = driver_env
+    tag, run, steps = root.name, tmp_path / "dk", 32
+    cmd = [exe, "train", *TINY, "--out", str(tmp_path), "--name", "dk", "--steps", str(steps)]
+    log = open(tmp_path / "driver1.log", "wb")
+    driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not ((run / "metrics.csv").exists() and max(_steps(run), default=0) > 4):
+            assert driver.poll() is None, (tmp_path / "driver1.log").read_text()[-3000:]
+            assert time.time() < deadline, "no report after the first checkpoint within 240 s"
+            time.sleep(0.2)
+        procs = _tagged(tag)
+        # Security: the local Ray has token authentication on and no dashboard off 127.0.0.1.
+        gcs = [pid for pid, c in procs.items() if "gcs_server" in c]
+        assert gcs and any("raylet" in c for c in procs.values()), procs
+        assert b"RAY_AUTH_MODE=token" in Path(f"/proc/{gcs[0]}/environ").read_bytes().split(b"\0")
+        for c in procs.values():
+            if "dashboard/dashboard.py" in c:
+                assert "--host=127.0.0.1" in c, c
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        t_kill = time.time()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    left = _wait_gone(tag, 30)
+    print(f"driver SIGKILL: {len(procs)} tagged processes before; {len(left)} still alive 30 s later: "
+          f"{sorted({c.split()[0] for c in left.values()})}")
+    _kill(left)
+    assert not _wait_gone(tag, 15), "could not remove the killed driver's Ray processes"
+
+    resumed_from = _newest_readable_step(run)
+    assert resumed_from >= 4
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, timeout=300)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    assert r.returncode == 0, out[-3000:]
+    assert _steps(run) == list(range(2, steps + 1, 2))
+    grid = run / "samples"
+    assert _mtime(grid / f"grid_{resumed_from:08d}.png") < t_kill < _mtime(grid / f"grid_{resumed_from + 2:08d}.png")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == steps
+    left = _wait_gone(tag, 30)
+    print(f"after the resumed run exited: {len(left)} tagged processes still alive")
+    # The token Ray generated for this HOME is never printed or written into the run folder.
+    token = (root / "home" / ".ray" / "auth_token").read_text().strip()
+    assert len(token) >= 16
+    assert token not in (tmp_path / "driver1.log").read_text() + out
+    for f in run.rglob("*"):
+        assert not f.is_file() or token.encode() not in f.read_bytes(), f
