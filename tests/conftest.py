@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Caches (classifiers, real statistics) go to a per-session folder, never the user's ~/.cache.
+_CACHE = Path(os.environ.setdefault("GANRAY_CACHE", tempfile.mkdtemp(prefix="ganray-test-cache-")))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
@@ -40,3 +43,18 @@ def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST test set not found at {MNIST_DIR}")
     return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def mnist_classifier16(mnist_dir, tmp_path_factory) -> Path:
+    """A quickly fitted 16 px MNIST evaluation classifier (1 epoch on 3,000 images, ~10 s).
+
+    Tests that evaluate FID pass it as eval.classifier_path instead of fitting the full one.
+    """
+    from ganray.cli import main
+
+    out = tmp_path_factory.mktemp("clf") / "mnist16.safetensors"
+    rc = main(["evaluator", "fit", "--data", str(mnist_dir), "--resolution", "16", "--epochs", "1",
+               "--max-images", "3000", "--heldout", "500", "--out", str(out)])
+    assert rc == 0 and out.is_file()
+    return out

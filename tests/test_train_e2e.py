@@ -75,3 +75,22 @@ def test_existing_run_needs_resume(digits_run, capsys):
     rc = main(["train", *TINY, "--data", "digits", "--out", str(digits_run.parent), "--name", "d1"])
     assert rc != 0
     assert "--resume" in capsys.readouterr().err
+
+
+def test_conditional_with_stabilisers_trains_and_samples_a_class(ray_session, tmp_path):
+    """Conditional G/D + hinge + spectral norm + lazy R1 + DiffAugment/ADA + cosine LR, end to end."""
+    sets = ["model.conditional=true", "loss.kind=hinge", "model.spectral_norm=true", "model.d_norm=none",
+            "loss.r1_gamma=1.0", "loss.r1_every=2", "augment.policy=translation,cutout", "augment.ada=true",
+            "optim.lr_schedule=cosine", "optim.d_steps=2"]
+    args = ["train", *TINY, "--data", "digits", "--out", str(tmp_path), "--name", "c", "--steps", "4"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    rows = _rows(tmp_path / "c")
+    assert {"ada_p", "r_t", "grad_norm_g", "grad_norm_d"} <= set(rows[-1])
+    assert float(rows[-1]["lr_g"]) < 2e-4  # cosine decay has started
+    out = tmp_path / "three.npz"
+    assert main(["sample", "--checkpoint", str(tmp_path / "c"), "--n", "6", "--label", "3", "--out", str(out)]) == 0
+    data = np.load(out)
+    assert data["images"].shape == (6, 16, 16, 1) and (data["labels"] == 3).all()
+    assert main(["sample", "--checkpoint", str(tmp_path / "c"), "--label", "11", "--out", str(tmp_path / "x.npz")]) == 2

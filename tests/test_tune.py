@@ -15,20 +15,20 @@ SEARCH = {
 }
 
 
-def _base_args(out, mnist_dir):
+def _base_args(out, mnist_dir, classifier):
     return ["--preset", "debug", "--data", str(mnist_dir), "--out", str(out), "--kimg", "0.64",
-            "--set", "eval.features=classifier", "--set", "eval.fid_samples=256", "--set", "eval.every_kimg=0.128",
+            "--set", "eval.features=classifier", "--set", f"eval.classifier_path={classifier}", "--set", "eval.fid_samples=256", "--set", "eval.every_kimg=0.128",
             "--set", "train.steps=null", "--set", "optim.lr_g=1e-3"]
 
 
 @pytest.fixture(scope="module")
-def experiment(ray_session, tmp_path_factory, mnist_dir):
+def experiment(ray_session, tmp_path_factory, mnist_dir, mnist_classifier16):
     from ganray.cli import main
 
     out = tmp_path_factory.mktemp("tune")
     search = out / "search.yaml"
     search.write_text(yaml.safe_dump(SEARCH))
-    rc = main(["tune", *_base_args(out, mnist_dir), "--search", str(search), "--num-samples", "1",
+    rc = main(["tune", *_base_args(out, mnist_dir, mnist_classifier16), "--search", str(search), "--num-samples", "1",
                "--scheduler", "asha", "--max-concurrent", "2", "--name", "exp"])
     assert rc == 0
     return out / "exp"
@@ -85,12 +85,13 @@ def test_bad_search_space_rejected_before_ray(tmp_path):
     assert apply_params(base, {"optim.lr_g": 1e-3}).optim.lr_g == 1e-3
 
 
-def test_pbt_exploits_checkpoints_of_single_worker_trials(ray_session, tmp_path, mnist_dir):
+def test_pbt_exploits_checkpoints_of_single_worker_trials(ray_session, tmp_path, mnist_dir, mnist_classifier16):
     from ganray.config import load_config
     from ganray.tune_run import run_tune
 
     base = load_config(None, ["data.source=" + str(mnist_dir), f"run.out={tmp_path}", "train.steps=null",
                               "train.kimg=0.384", "eval.features=classifier", "eval.fid_samples=256",
+                              f"eval.classifier_path={mnist_classifier16}",
                               "eval.every_kimg=0.064"], preset="debug")
     space = {"optim.lr_d": {"choice": [2e-4, 5.0]}, "optim.lr_g": {"loguniform": [1e-4, 1e-3]}}
     stopping = {"patience": 100, "min_delta": 0.0, "fid_ceiling": None, "warmup_kimg": 0.0, "d_gap": 1e9,
@@ -119,7 +120,7 @@ def _kill_tree_with(path: str) -> None:
             pass
 
 
-def test_killed_tune_driver_resumes_remaining_trials(tmp_path, mnist_dir):
+def test_killed_tune_driver_resumes_remaining_trials(tmp_path, mnist_dir, mnist_classifier16):
     """Fault: the `ganray tune` driver is SIGKILLed mid-search; `--resume` finishes every trial."""
     import os
     import signal
@@ -133,7 +134,7 @@ def test_killed_tune_driver_resumes_remaining_trials(tmp_path, mnist_dir):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
     search = tmp_path / "s.yaml"
     search.write_text(yaml.safe_dump({"space": {"optim.lr_d": {"grid": [2e-4, 1e-3]}}}))
-    cmd = [sys.executable, "-m", "ganray.cli", "tune", *_base_args(tmp_path, mnist_dir), "--search", str(search),
+    cmd = [sys.executable, "-m", "ganray.cli", "tune", *_base_args(tmp_path, mnist_dir, mnist_classifier16), "--search", str(search),
            "--num-samples", "1", "--scheduler", "fifo", "--max-concurrent", "1", "--name", "exp"]
     cmd[cmd.index("0.64")] = "0.512"
     log = open(tmp_path / "first.log", "w")
