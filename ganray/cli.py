@@ -137,13 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     for module_name, fn_name in _PLUGINS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        add = getattr(module, fn_name, None)
-        if add is not None:
-            add(sub)
+        getattr(importlib.import_module(module_name), fn_name)(sub)
     return parser
 
 

@@ -209,8 +209,15 @@ def dcgan() -> Config:
 
 
 def mnist() -> Config:
-    """Default for grayscale 28-32 px data; see QUALITY.md for the measurements behind it."""
-    return dcgan()
+    """Default for grayscale 28-32 px data; see QUALITY.md for the measurements behind it.
+
+    Width 32 instead of DCGAN's 64: on CPUs a 3x cheaper step buys more images in a fixed
+    budget, which matters more for MNIST than capacity does.
+    """
+    cfg = dcgan()
+    cfg.model.g_width = 32
+    cfg.model.d_width = 32
+    return cfg
 
 
 def debug() -> Config:

@@ -122,3 +122,9 @@ def test_eval_checkpoint(classifier16, data_npz, tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["fid"] > 0 and 1.0 <= result["is"] <= 10.0 and result["num_samples"] == 64
     assert torch.isfinite(torch.tensor(result["mode_entropy"]))
+
+
+def test_eval_cli_metric_names_match_the_evaluator():
+    from ganray.metrics import eval_cli, evaluate
+
+    assert tuple(eval_cli.METRICS) == tuple(evaluate.METRICS)

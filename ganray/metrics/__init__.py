@@ -1,25 +1,25 @@
 """Evaluation: FID, KID, IS-style classifier score, precision/recall and mode coverage.
 
 Collective functions return floats on every rank; real-data statistics are cached on disk.
-Heavy optional pieces (torch-fidelity's Inception, Ray Data) load only when used.
+Names load lazily (PEP 562), so the CLI can register `ganray eval` without importing torch.
 """
 
-from ganray.metrics.evaluate import (
-    all_gather_cat,
-    compute_metrics,
-    evaluate_generator,
-    evaluate_images,
-    real_stats,
-)
-from ganray.metrics.features import FeatureNet, build_feature_net, cache_dir
-from ganray.metrics.fid import frechet_distance
-from ganray.metrics.isc import inception_score, mode_stats
-from ganray.metrics.kid import kid
-from ganray.metrics.pr import precision_recall
-from ganray.metrics.stats import FeatureStats, StatsCacheError, StatsKey, load_stats, save_stats
+import importlib
 
-__all__ = [
-    "FeatureNet", "FeatureStats", "StatsCacheError", "StatsKey", "all_gather_cat", "build_feature_net",
-    "cache_dir", "compute_metrics", "evaluate_generator", "evaluate_images", "frechet_distance",
-    "inception_score", "kid", "load_stats", "mode_stats", "precision_recall", "real_stats", "save_stats",
-]
+_HOMES = {
+    "evaluate": ["all_gather_cat", "compute_metrics", "evaluate_generator", "evaluate_images", "real_stats"],
+    "features": ["FeatureNet", "build_feature_net", "cache_dir"],
+    "fid": ["frechet_distance"],
+    "isc": ["inception_score", "mode_stats"],
+    "kid": ["kid"],
+    "pr": ["precision_recall"],
+    "stats": ["FeatureStats", "StatsCacheError", "StatsKey", "load_stats", "save_stats"],
+}
+_WHERE = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ganray.metrics' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ganray.metrics.{_WHERE[name]}"), name)
