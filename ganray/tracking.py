@@ -6,8 +6,7 @@ metrics.csv plus the fixed-noise sample grid.  Event files go to ``<run folder>/
 run folders too) side by side.  MLflow and W&B go through Ray's own integrations
 (``setup_mlflow``, ``setup_wandb``), which know Train ranks and Tune trial names.
 
-Config fields are read with ``getattr(cfg, "track", None)`` so this module works before the
-``track`` section exists; see ``TrackSettings`` for the names and defaults.
+The switches live in the config's ``track`` section (ganray.config.TrackConfig).
 """
 
 from __future__ import annotations
@@ -18,11 +17,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
 import numpy as np
+
+from ganray.config import TrackConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,31 +51,17 @@ _MULTILINE = {
 SYNC_EVERY_S = 60.0
 
 
-@dataclass(frozen=True)
-class TrackSettings:
-    """What the proposed ``track`` config section holds (defaults when it is absent)."""
-
-    tensorboard: bool = True
-    mlflow: bool = False
-    mlflow_tracking_uri: str | None = None
-    mlflow_experiment: str = "ganray"
-    wandb: bool = False
-    wandb_project: str = "ganray"
-    wandb_entity: str | None = None
-    log_images: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "TrackSettings":
-        section = getattr(cfg, "track", None)
-        if section is None:
-            return cls()
-        names = cls.__dataclass_fields__
-        return cls(**{k: getattr(section, k) for k in names if hasattr(section, k)})
+def _settings(cfg: Any) -> TrackConfig:
+    """The config's `track` section (its defaults for configs built without one, e.g. in tests)."""
+    section = getattr(cfg, "track", None)
+    if section is None or isinstance(section, TrackConfig):
+        return section or TrackConfig()
+    return TrackConfig(**{k: getattr(section, k) for k in TrackConfig.model_fields if hasattr(section, k)})
 
 
 def check_backends(cfg: Any) -> None:
     """Fail before training starts when an enabled tracker's package is missing."""
-    s = TrackSettings.from_config(cfg)
+    s = _settings(cfg)
     for enabled, module, extra in ((s.mlflow, "mlflow", "mlflow"), (s.wandb, "wandb", "wandb")):
         if not enabled:
             continue
@@ -137,7 +123,7 @@ class Tracker:
     def __init__(self, run_dir: str, cfg: Any, *, resume_step: int | None = None):
         self.run_dir = str(run_dir).rstrip("/")
         self.cfg = cfg
-        self.settings = TrackSettings.from_config(cfg)
+        self.settings = _settings(cfg)
         self.resume_step = resume_step
         self.run_name = getattr(getattr(cfg, "run", None), "name", None) or os.path.basename(
             self.run_dir
