@@ -287,6 +287,20 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {str(p)!r} must hold a mapping")
+    return loaded
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str = "mnist"
 ) -> Config:
@@ -295,15 +309,7 @@ def load_config(
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     d = PRESETS[preset]().to_dict()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        loaded = read_yaml_mapping(path, "config file")
         for section, body in loaded.items():
             if section in d and not isinstance(body, dict):
                 raise ConfigError(f"invalid config: {section}: expected a mapping of keys")

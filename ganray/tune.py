@@ -13,9 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ganray.config import Config, ConfigError, from_dict
+from ganray.config import Config, ConfigError, from_dict, read_yaml_mapping
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 
@@ -44,15 +43,7 @@ def load_search_file(path: str | None) -> tuple[dict, dict]:
     """(space, stopping) from a YAML file: either {space: ..., stopping: ...} or a flat space."""
     if path is None:
         return dict(DEFAULT_SPACE), dict(DEFAULT_STOPPING)
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"search file {path!r} does not exist")
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"search file {path!r} is not valid YAML: {e}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"search file {path!r} must hold a mapping")
+    doc = read_yaml_mapping(path, "search file")
     space = doc.get("space", {k: v for k, v in doc.items() if k != "stopping"})
     stopping = {**DEFAULT_STOPPING, **(doc.get("stopping") or {})}
     unknown = set(stopping) - set(DEFAULT_STOPPING)
