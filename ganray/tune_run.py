@@ -23,6 +23,8 @@ def tune_base_config(cfg: Config) -> Config:
     if cfg.eval.features == "none":
         raise ConfigError("ganray tune stops trials on FID: set eval.features to auto, classifier or inception")
     every = cfg.eval.every_kimg or cfg.train.report_every_kimg
+    if cfg.train.kimg is not None:
+        every = min(every, cfg.train.kimg / 6)  # enough evaluations for ASHA's rungs and plateaus
     cfg.eval.every_kimg = every
     cfg.train.report_every_kimg = every
     cfg.train.checkpoint_every_kimg = every
