@@ -47,6 +47,10 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
         ray.init(address=address, **kwargs)
         return
     cpus = os.cpu_count() or 1
+    # One local node, which nothing drains: Ray Train's preemption watcher (one more actor
+    # process per worker group) would only compete for the CPUs while the workers start.
+    # Set before ray.init so that Tune trials' drivers inherit it too.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False, **kwargs)
 
 
