@@ -101,6 +101,9 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
 
     session = session or RayTrainSession()
     marks = {**loop_config.get("startup_marks", {}), "worker_start": time.time()}
+    # The shard first: on Ray Train this starts Ray Data's split coordinator (an actor process),
+    # which then starts up while this worker builds its models instead of after.
+    shard = session.dataset_shard()
     cfg = from_dict(loop_config["config"])
     rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(int(loop_config.get("threads", 1)))
@@ -126,7 +129,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         _record_workers(None, world)
     evaluator = _make_evaluator(cfg, loop_config, device)
 
-    batches = _batches(session.dataset_shard(), cfg, rank, device,
+    batches = _batches(shard, cfg, rank, device,
                        rows_per_rank=loop_config.get("num_rows", 0) // world, consumed=st.step * cfg.optim.d_steps)
     B, conditional = cfg.train.batch_size_per_worker, cfg.model.conditional
     images_per_step = B * world * cfg.optim.d_steps
