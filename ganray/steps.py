@@ -67,10 +67,8 @@ class StepResult:
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    # Total L2 norm of the gradients; on CUDA one fused foreach kernel instead of one per tensor.
+    return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
 
 
 def _apply(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scaler) -> tuple[torch.Tensor, bool]:
