@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/NaN: an infinite length or interval would only fail later, inside a worker.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -100,7 +101,7 @@ class TrainConfig(_Section):
     steps: int | None = Field(None, ge=1)
     # Wall-clock budget for the training loop; stops cleanly (checkpoint, eval, summary).
     max_minutes: float | None = Field(None, gt=0.0)
-    workers: int = Field(1, ge=1, le=4096)
+    workers: int = Field(1, ge=1, le=4096, strict=True)
     # Ray placement of the workers: PACK fills a node first, SPREAD puts them on distinct nodes.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # None: use GPUs when the cluster has them.
@@ -298,6 +299,10 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
         loaded = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {str(p)!r} is nested too deeply to be a config") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{what} {str(p)!r} must hold a mapping")
     return loaded

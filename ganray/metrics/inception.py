@@ -85,7 +85,7 @@ def local_weights(configured: str | None) -> Path | None:
 
 def _download() -> Path:
     try:
-        torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False, map_location="cpu")
+        torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False, map_location="cpu", weights_only=True)
     except Exception as e:  # URLError, HTTPError, OSError, a partial file: all mean "not here"
         raise InceptionUnavailable(
             f"the FID Inception-v3 weights are not available offline ({type(e).__name__}: {e}). Download "
