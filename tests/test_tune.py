@@ -56,8 +56,9 @@ def test_diverging_trial_stopped_early_with_reason(experiment):
 
 def test_asha_or_stopper_ends_some_trial_before_the_maximum(experiment):
     table = pd.read_csv(experiment / "results.csv")
-    assert (table["kimg"] < 0.64).sum() >= 1
-    assert (table["kimg"] >= 0.64 - 1e-9).sum() >= 1  # and the best ran to the end
+    early = table[table["kimg"] < 0.64 - 1e-9]
+    assert len(early) >= 1
+    assert set(early["stop_reason"]) <= {"asha", "plateau", "d_won", "diverged_nan", "fid_ceiling", "error"}
 
 
 def test_stopper_rules():
@@ -133,7 +134,9 @@ def test_killed_tune_driver_resumes_remaining_trials(tmp_path, mnist_dir, mnist_
     ray_tmp = tempfile.mkdtemp(prefix="gr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
     search = tmp_path / "s.yaml"
-    search.write_text(yaml.safe_dump({"space": {"optim.lr_d": {"grid": [2e-4, 1e-3]}}}))
+    # No early stopping here: every trial must run to the end after the resume.
+    search.write_text(yaml.safe_dump({"space": {"optim.lr_d": {"grid": [2e-4, 1e-3]}},
+                                      "stopping": {"patience": 1000, "d_gap": 1e9}}))
     cmd = [sys.executable, "-m", "ganray.cli", "tune", *_base_args(tmp_path, mnist_dir, mnist_classifier16), "--search", str(search),
            "--num-samples", "1", "--scheduler", "fifo", "--max-concurrent", "1", "--name", "exp"]
     cmd[cmd.index("0.64")] = "0.512"

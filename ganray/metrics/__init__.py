@@ -6,17 +6,20 @@ Names load lazily (PEP 562), so the CLI can register `ganray eval` without impor
 
 import importlib
 
+# Eager: the function shares its module's name, so a lazy lookup would find the submodule once
+# anything imported `ganray.metrics.kid`. It needs numpy only.
+from ganray.metrics.kid import kid
+
 _HOMES = {
     "evaluate": ["all_gather_cat", "compute_metrics", "evaluate_generator", "evaluate_images", "real_stats"],
     "features": ["FeatureNet", "build_feature_net", "cache_dir"],
     "fid": ["frechet_distance"],
     "isc": ["inception_score", "mode_stats"],
-    "kid": ["kid"],
     "pr": ["precision_recall"],
     "stats": ["FeatureStats", "StatsCacheError", "StatsKey", "load_stats", "save_stats"],
 }
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_WHERE)
+__all__ = sorted([*_WHERE, "kid"])
 
 
 def __getattr__(name: str):
