@@ -116,7 +116,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
             ),
         )
     grid = tuner.fit()
-    summary = write_results(grid, base, space, stopper, exp_dir, time.time() - t0)
+    summary = write_results(grid, base, space, stopper, exp_dir, time.time() - t0, scheduler)
     if not resume and scheduler == "pbt":
         summary["pbt_perturbations"] = getattr(sched, "_num_perturbations", None)
     return summary
@@ -134,7 +134,8 @@ def _searcher(name: str | None, space: dict):
     raise ConfigError(f"unknown searcher {name!r}; choose random or optuna")
 
 
-def write_results(grid, base: Config, space: dict, stopper: GANStopper, exp_dir: str, wall_s: float) -> dict:
+def write_results(grid, base: Config, space: dict, stopper: GANStopper, exp_dir: str, wall_s: float,
+                  scheduler: str = "asha") -> dict:
     import pandas as pd
 
     rows = []
@@ -144,9 +145,11 @@ def write_results(grid, base: Config, space: dict, stopper: GANStopper, exp_dir:
         fids = df["fid"].dropna().tolist() if df is not None and "fid" in df else []
         m = res.metrics or {}
         trial_id = m.get("trial_id") or Path(res.path).name
+        # Why the trial ended: a ganray stopper, an error, its own end (completed/max_minutes, which
+        # the training loop reports in its last result), else the scheduler stopped it.
         reason = stopper.reasons.get(trial_id)
         if reason is None:
-            reason = "error" if res.error else (m.get("stop_reason") or "") if m.get("done") else "asha"
+            reason = "error" if res.error else (m.get("stop_reason") or scheduler)
         rows.append({
             "trial_id": trial_id, **cfg_params,
             "best_fid": min(fids) if fids else math.nan,
