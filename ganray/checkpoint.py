@@ -87,7 +87,7 @@ def load_state(directory: str | Path) -> dict[str, Any]:
 
 def _reason(err: Exception) -> str:
     """One line: torch's weights_only refusal spans several lines (the file name would be lost
-    to callers that show the last line) and advises weights_only=False, which we never do."""
+    to callers that show the last line) and advises turning weights-only loading off, which we never do."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     unsafe = [line for line in lines if "GLOBAL" in line]
     if unsafe:

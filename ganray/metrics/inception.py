@@ -100,7 +100,7 @@ def load_inception(weights: str | None = None, device: str | torch.device = "cpu
     """(FeatureExtractorInceptionV3 returning (2048-d pool features, 1008 logits), fingerprint, weights path)."""
     cls = _import_extractor_class()
     path = local_weights(weights) or _download()
-    try:  # torch-fidelity loads with weights_only=False; refuse anything but plain tensors first.
+    try:  # torch-fidelity unpickles weights without restriction; refuse anything but plain tensors first.
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise InceptionUnavailable(f"Inception weights {path} are not a weights-only state_dict: {e}") from None
