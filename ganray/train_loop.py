@@ -40,6 +40,11 @@ def _batches(shard, cfg: Config, rank: int, device: torch.device, *, rows_per_ra
              consumed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (real, labels) batches; each epoch reshuffled with a seed from the run seed.
 
+    Ray Data hands over chunks of data.shuffle_buffer_rows rows (rounded up to whole batches)
+    and each chunk is cut into batches in a seeded random order: a local shuffle like Ray's
+    `local_shuffle_buffer_size`, at a quarter of its CPU per batch, since Ray's per-batch cost
+    is paid once per chunk (BENCHMARKS.md). A chunk's last partial batch is dropped.
+
     `consumed` batches are skipped first, so a resumed run continues mid-epoch exactly where
     the interrupted one stopped (bit-exact with one worker; with several, Ray Data assigns
     blocks to workers dynamically, so the split itself can differ between runs).
@@ -47,23 +52,25 @@ def _batches(shard, cfg: Config, rank: int, device: torch.device, *, rows_per_ra
     B = cfg.train.batch_size_per_worker
     per_epoch = max(rows_per_rank // B, 1)
     epoch, skip = divmod(consumed, per_epoch)
+    shuffle = cfg.data.shuffle_buffer_rows > 0
+    chunk = max(1, math.ceil(cfg.data.shuffle_buffer_rows / B)) * B
     while True:
-        it = shard.iter_torch_batches(
-            batch_size=B,
-            drop_last=True,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
-            local_shuffle_seed=_noise_seed(cfg.train.seed, rank, epoch, stream=1) % (2**31),
-            prefetch_batches=2,
-            device=device,
-            pin_memory=device.type == "cuda",
-        )
+        gen = torch.Generator().manual_seed(_noise_seed(cfg.train.seed, rank, epoch, stream=1))
         got = False
-        for batch in it:
-            got = True
-            if skip:
-                skip -= 1
-                continue
-            yield batch["image"], batch["label"]
+        for part in shard.iter_torch_batches(batch_size=chunk, prefetch_batches=1, device=device,
+                                             pin_memory=device.type == "cuda"):
+            image, label = part["image"], part["label"]  # n x C x H x W, (n,); n <= chunk
+            n = len(image) - len(image) % B
+            order = torch.randperm(len(image), generator=gen)[:n] if shuffle else torch.arange(n)
+            if device.type == "cuda":
+                order = order.pin_memory().to(device, non_blocking=True)  # no host sync
+            for i in range(0, n, B):
+                got = True
+                if skip:
+                    skip -= 1
+                    continue
+                idx = order[i : i + B]
+                yield image.index_select(0, idx), label.index_select(0, idx)
         if not got:
             raise RuntimeError(
                 f"worker {rank} received no full batch of {B} images: "
