@@ -118,6 +118,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
         "device": str(device),
         "precision": cfg.train.precision,
         "img_per_s": steady_img_per_s(windows),
+        "best_img_per_s": max((n / s for n, s in windows[1:] or windows), default=0.0),
         "window_img_per_s": [round(n / s, 1) for n, s in windows],
         "first_step_s": first_step_s,
         "wall_s": wall,

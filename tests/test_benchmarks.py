@@ -30,6 +30,7 @@ def test_steady_skips_the_first_report_and_weights_by_images():
     assert got["windows"] == 2
     assert got["img_per_s"] == pytest.approx((80 + 160) / (1.0 + 1.0))
     assert got["data_wait_frac"] == pytest.approx(0.05)
+    assert got["best_img_per_s"] == pytest.approx(160.0)
 
 
 def test_ratio_row_checks_the_target_and_survives_missing_values():
