@@ -95,6 +95,10 @@ class Ctx:
         return [f"data.source={self.source}", "data.resolution=32", f"model.g_width={s.width}",
                 f"model.d_width={s.width}", f"train.batch_size_per_worker={batch or s.batch}"]
 
+    def default_model(self) -> list[str]:
+        """The `ganray train` defaults (mnist preset) for eval and Tune; the tiny model with --quick."""
+        return self.model() if self.quick else [f"data.source={self.source}"]
+
     def every(self, steps: int, batch: int | None = None) -> str:
         return f"{steps * (batch or self.size.batch) / 1000:.6f}"
 
@@ -205,14 +209,17 @@ def _first_step_after(run) -> float | None:
 
 
 def bench_tune(ctx: Ctx) -> list[Row]:
+    from ganray.launch import startup_breakdown
+
     s = ctx.size
     search = ctx.out / "search.yaml"
     search.write_text("space:\n  optim.lr_g: {grid: [0.0002, 0.0001]}\n")
-    every = ctx.every(s.report)
+    batch = _batch(ctx.default_model())
+    every = ctx.every(s.report, batch)
     cmd = [sys.executable, "-m", "ganray.cli", "tune", "--preset", "mnist", "--data", ctx.source,
            "--search", str(search), "--num-samples", "1", "--scheduler", "fifo", "--max-concurrent", "1",
-           "--out", str(ctx.out), "--name", "tune", "--kimg", ctx.every(2 * s.report)]
-    for o in ctx.model()[1:] + [f"eval.every_kimg={every}", f"eval.fid_samples={min(s.fid_samples, 2048)}"]:
+           "--out", str(ctx.out), "--name", "tune", "--kimg", ctx.every(2 * s.report, batch)]
+    for o in ctx.default_model()[1:] + [f"eval.every_kimg={every}", f"eval.fid_samples={min(s.fid_samples, 2048)}"]:
         cmd += ["--set", o]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -221,16 +228,19 @@ def bench_tune(ctx: Ctx) -> list[Row]:
     trials = []
     for timing in sorted((ctx.out / "tune").glob("**/timing.json")):
         marks = json.loads(timing.read_text())
+        # A trial driver records no fit_start: count prepared -> worker_start as the worker group's start.
+        marks.setdefault("fit_start", marks.get("prepared"))
         metrics = timing.parent / "metrics.csv"
         trials.append({"trial": timing.parent.name, "start_to_first_step_s": marks["first_step"] - marks["prepare_start"],
+                       "breakdown": startup_breakdown(marks),
                        "first_step": marks["first_step"], "ended": metrics.stat().st_mtime,
-                       "img_per_s": steady(_rows(metrics), s.batch)["img_per_s"]})
+                       "img_per_s": steady(_rows(metrics), batch)["img_per_s"]})
     trials.sort(key=lambda t: t["first_step"])
     if not trials:
         raise RuntimeError("ganray tune wrote no timing.json under its trials' run folders")
     per_trial = sum(t["start_to_first_step_s"] for t in trials) / len(trials)
     turnover = [b["first_step"] - a["ended"] for a, b in zip(trials, trials[1:])]
-    rate = ctx.details.get("overhead_img_per_s") or trials[-1]["img_per_s"]
+    rate = ctx.details.get("default_img_per_s") or trials[-1]["img_per_s"]
     default_trial_s = DEFAULT_TRIAL_KIMG * 1000 / rate if rate else None
     ctx.details["tune"] = {"trials": trials, "turnover_s": turnover, "first_trial_after_cmd_s": trials[0]["first_step"] - t0,
                            "default_trial_train_s": default_trial_s}
@@ -238,10 +248,20 @@ def bench_tune(ctx: Ctx) -> list[Row]:
     rows = [Row("tune", "trial start -> first step (mean)", per_trial, "s", note=f"{len(trials)} trials, sequential"),
             Row("tune", f"  as a share of a default trial ({DEFAULT_TRIAL_KIMG:g} kimg)", frac, "", "<= 0.10",
                 None if frac is None else frac <= 0.10, f"trial trains ~{default_trial_s or 0:.0f} s at {rate or 0:.0f} img/s")]
+    for phase in trials[0]["breakdown"]:
+        if phase not in ("total_s", "trainer_build_s"):
+            mean = sum(t["breakdown"].get(phase, 0.0) for t in trials) / len(trials)
+            rows.append(Row("tune", f"    {phase[:-2]} (mean)", mean, "s"))
     if turnover:
         rows.append(Row("tune", "  previous trial's last report -> next first step", sum(turnover) / len(turnover), "s"))
     rows.append(Row("tune", "  command start -> first trial's first step", trials[0]["first_step"] - t0, "s"))
     return rows
+
+
+def _batch(overrides: list[str]) -> int:
+    from ganray.config import load_config
+
+    return load_config(None, overrides).train.batch_size_per_worker
 
 
 def _rows(path: Path) -> list[dict]:
@@ -257,15 +277,18 @@ def bench_eval(ctx: Ctx) -> list[Row]:
         import ganray.metrics.training  # noqa: F401  (the evaluation wired into training)
     except ImportError:
         return rows + [Row("eval", "evaluation share of training", None, note="skipped: ganray.metrics.training missing")]
-    run = run_ganray(ctx.out, "eval", ctx.model() + ["train.kimg=null", f"train.steps={2 * s.report}",
-                     f"train.report_every_kimg={ctx.every(s.report)}", f"eval.every_kimg={ctx.every(s.report)}",
-                     "train.checkpoint_every_kimg=1e6", "eval.features=auto", f"eval.fid_samples={s.fid_samples}",
-                     f"train.threads_per_worker={ctx.threads}"])
+    model = ctx.default_model()
+    batch = _batch(model)
+    run = run_ganray(ctx.out, "eval", model + ["train.kimg=null", f"train.steps={4 * s.report}",
+                     f"train.report_every_kimg={ctx.every(s.report, batch)}",
+                     f"eval.every_kimg={ctx.every(s.report, batch)}", "train.checkpoint_every_kimg=1e6",
+                     "eval.features=auto", f"eval.fid_samples={s.fid_samples}"])
     evals = [r["eval_s"] for r in run.rows if "eval_s" in r]
     if not evals:
         return rows + [Row("eval", "evaluation share of training", None, note="skipped: no eval_s column (no labels?)")]
     per_eval = sum(evals) / len(evals)
-    rate = ctx.details.get("overhead_img_per_s") or steady(run.rows, s.batch)["img_per_s"]
+    rate = steady(run.rows, batch)["img_per_s"]  # report windows exclude the evaluations
+    ctx.details["default_img_per_s"] = rate
     wall = run.rows[-1]["wall_s"] + evals[-1]
 
     def share(every_kimg: float) -> float:
@@ -317,7 +340,7 @@ def bench_gpu(ctx: Ctx) -> list[Row]:
 
 BENCHMARKS = {"overhead": bench_overhead, "scaling": bench_scaling, "ingest": bench_ingest,
               "startup": bench_startup, "tune": bench_tune, "eval": bench_eval, "gpu": bench_gpu}
-DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]  # gpu: via gpu_check.sh
+DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]  # eval before tune; gpu: gpu_check.sh
 
 
 def main(argv: list[str] | None = None) -> int:
