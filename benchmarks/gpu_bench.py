@@ -102,15 +102,16 @@ def gpu_rows(ctx) -> list[Row]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: torch sees no CUDA device (use --device cpu for the CPU smoke run)")
     z = CUDA if device.type == "cuda" else CPU_TINY
+    source = ctx.source if device.type == "cuda" else "digits"  # the CPU smoke run: 1,797 small images
     was_running = ray.is_initialized()
     rows: list[Row] = []
     details = {"auto_precision": str(Precision.create("auto", device).dtype), "size": z.__dict__}
-    cfg0 = _config(ctx.source, z, "fp32", device.type == "cuda", ctx.out, "probe")
+    cfg0 = _config(source, z, "fp32", device.type == "cuda", ctx.out, "probe")
     images = load_images(cfg0, device)
     note = f"{z.resolution} px, batch {z.batch}, width {z.width}, {z.steps} steps"
     try:
         for precision in ("fp32", "bf16"):
-            cfg = _config(ctx.source, z, precision, device.type == "cuda", ctx.out, f"gpu_{precision}")
+            cfg = _config(source, z, precision, device.type == "cuda", ctx.out, f"gpu_{precision}")
             plain = plain_loop(cfg, steps=z.steps, report_every=z.report, device=device, images=images)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
