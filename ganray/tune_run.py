@@ -51,7 +51,9 @@ def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if name == "asha":
-        return ASHAScheduler(time_attr="kimg", max_t=max_kimg, grace_period=grace_kimg, reduction_factor=2)
+        # Rungs at grace, 3 x grace, 9 x grace ...: a third of the trials go on at each rung, so
+        # a search costs ~1/3 of running every trial to the end (BENCHMARKS.md).
+        return ASHAScheduler(time_attr="kimg", max_t=max_kimg, grace_period=grace_kimg, reduction_factor=3)
     if name == "pbt":
         mutations = {k: v for k, v in to_tune_space(space).items() if not isinstance(v, dict)}
         return PopulationBasedTraining(time_attr="kimg", perturbation_interval=grace_kimg,
@@ -63,7 +65,8 @@ def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
 
 def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_samples: int = 4,
              scheduler: str = "asha", max_concurrent_trials: int | None = None, workers_per_trial: int = 1,
-             resume: bool = False, searcher: str | None = None, verbose: int = 1) -> dict[str, Any]:
+             resume: bool = False, searcher: str | None = None, seed: int | None = None,
+             verbose: int = 1) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -103,7 +106,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
             tune_config=tune.TuneConfig(
                 metric="fid", mode="min", num_samples=num_samples,
                 scheduler=sched,
-                search_alg=_searcher(searcher, space),
+                search_alg=_searcher(searcher, space, seed),
                 max_concurrent_trials=concurrency,
             ),
             run_config=tune.RunConfig(
@@ -122,15 +125,17 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     return summary
 
 
-def _searcher(name: str | None, space: dict):
+def _searcher(name: str | None, space: dict, seed: int | None = None):
     if not name or name == "random":
-        return None
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
     if name == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError as e:
             raise ConfigError("--searcher optuna needs the extra: pip install 'ganray[optuna]'") from e
-        return OptunaSearch()
+        return OptunaSearch(seed=seed)
     raise ConfigError(f"unknown searcher {name!r}; choose random or optuna")
 
 
