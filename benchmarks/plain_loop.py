@@ -62,8 +62,10 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
     device = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
-    if cfg.model.conditional:
+    if cfg.model.conditional is True:
         raise ValueError("plain_loop benchmarks unconditional models only (model.conditional=false)")
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.conditional = False  # "auto" (the mnist preset): the plain loop has no labels
     real_all = images if images is not None else load_images(cfg, device)
     B, latent = cfg.train.batch_size_per_worker, cfg.model.latent_dim
     if len(real_all) < B:

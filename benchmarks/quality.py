@@ -38,6 +38,15 @@ ROWS: dict[str, list[str]] = {
 }
 
 
+def judge_checkpoint(checkpoint: str, samples: Path) -> dict:
+    """`ganray sample` 10,000 images (EMA generator when on), scored by the reference judge."""
+    subprocess.run([sys.executable, "-m", "ganray.cli", "sample", "--checkpoint", str(checkpoint),
+                    "--n", "10000", "--out", str(samples)], check=True, capture_output=True)
+    judge = subprocess.run([sys.executable, str(SHARED / "tools" / "judge_mnist.py"), str(SHARED / "data" / "mnist"),
+                            str(samples)], capture_output=True, text=True, check=True)
+    return json.loads(judge.stdout.strip().splitlines()[-1])
+
+
 def run_row(name: str, overrides: list[str], minutes: float, out: Path, workers: int, extra: list[str]) -> dict:
     run_name = f"q-{name}-{int(time.time())}"
     cmd = [sys.executable, "-m", "ganray.cli", "train", "--data", str(SHARED / "data" / "mnist"),
@@ -52,13 +61,8 @@ def run_row(name: str, overrides: list[str], minutes: float, out: Path, workers:
         return {"row": name, "error": proc.stderr[-1500:]}
     run_dir = out / run_name
     summary = json.loads((run_dir / "summary.json").read_text())
-    samples = run_dir / "judge_samples.npz"
     # The final checkpoint: equal budgets compare the state each configuration reached at the end.
-    subprocess.run([sys.executable, "-m", "ganray.cli", "sample", "--checkpoint", summary["final_checkpoint"],
-                    "--n", "10000", "--out", str(samples)], check=True, capture_output=True)
-    judge = subprocess.run([sys.executable, str(SHARED / "tools" / "judge_mnist.py"), str(SHARED / "data" / "mnist"),
-                            str(samples)], capture_output=True, text=True, check=True)
-    verdict = json.loads(judge.stdout.strip().splitlines()[-1])
+    verdict = judge_checkpoint(summary["final_checkpoint"], run_dir / "judge_samples.npz")
     return {
         "row": name, "overrides": " ".join(overrides) or "(mnist preset)", "judge_fid": verdict["fid"],
         "judge_is": verdict.get("is"), "modes": verdict.get("modes"), "ganray_fid": summary.get("best_fid"),

@@ -92,7 +92,8 @@ class Ctx:
 
     def model(self, batch: int | None = None) -> list[str]:
         s = self.size
-        return [f"data.source={self.source}", "data.resolution=32", f"model.g_width={s.width}",
+        # Unconditional: the plain loop it is compared with has no labels.
+        return [f"data.source={self.source}", "data.resolution=32", "model.conditional=false", f"model.g_width={s.width}",
                 f"model.d_width={s.width}", f"train.batch_size_per_worker={batch or s.batch}"]
 
     def default_model(self) -> list[str]:

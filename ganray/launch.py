@@ -141,6 +141,8 @@ def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
     dataset, info = load_dataset(cfg.data)
     marks["dataset_ready"] = time.time()
     num_classes = cfg.data.num_classes or info.num_classes
+    if cfg.model.conditional == "auto":
+        cfg.model.conditional = bool(num_classes)
     if cfg.model.conditional and not num_classes:
         raise RunError(f"model.conditional=true needs labels, but data {cfg.data.source!r} has none")
     if info.num_rows < cfg.train.batch_size_per_worker * cfg.train.workers:

@@ -243,3 +243,12 @@ def test_spectral_norm_state_dict_round_trip(tmp_path):
     D.eval(), E.eval()
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(D(x, labels), E(x, labels), rtol=0, atol=0)
+
+
+def test_conditional_auto_is_a_config_value():
+    from ganray.config import ConfigError, load_config
+
+    assert ModelConfig(conditional="auto").conditional == "auto"
+    assert load_config(None, ["model.conditional=true"]).model.conditional is True
+    with pytest.raises(ConfigError, match="model.conditional"):
+        load_config(None, ["model.conditional=maybe"])

@@ -94,3 +94,18 @@ def test_conditional_with_stabilisers_trains_and_samples_a_class(ray_session, tm
     data = np.load(out)
     assert data["images"].shape == (6, 16, 16, 1) and (data["labels"] == 3).all()
     assert main(["sample", "--checkpoint", str(tmp_path / "c"), "--label", "11", "--out", str(tmp_path / "x.npz")]) == 2
+
+
+def test_conditional_auto_follows_the_labels(ray_session, tmp_path):
+    """model.conditional=auto (the mnist preset) is resolved before training: on with labels, off without."""
+    from ganray.config import load_config
+    from ganray.launch import prepare
+
+    unlabelled = tmp_path / "x.npz"
+    np.savez(unlabelled, x=np.random.default_rng(0).integers(0, 255, (40, 16, 16), dtype=np.uint8))
+    for source, expected in (("digits", True), (str(unlabelled), False)):
+        cfg = load_config(None, [f"data.source={source}", f"run.out={tmp_path}", f"run.name=auto{expected}",
+                                 "eval.features=none", "model.conditional=auto"], preset="debug")
+        p = prepare(cfg)
+        assert p.cfg.model.conditional is expected
+        assert p.loop_config["config"]["model"]["conditional"] is expected
