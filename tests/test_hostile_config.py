@@ -44,6 +44,10 @@ def _kind(annotation) -> tuple[str, tuple, bool]:
     if optional:
         annotation = next(a for a in args if a is not type(None))
     origin = typing.get_origin(annotation)
+    if origin is typing.Union and bool in typing.get_args(annotation):  # e.g. Literal["auto"] | bool
+        words = [c for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal
+                 for c in typing.get_args(a)]
+        return "bool_or_word", tuple(words), optional
     if origin is typing.Literal:
         return "literal", typing.get_args(annotation), optional
     if origin is list:
@@ -101,10 +105,11 @@ def invalid_value(field) -> st.SearchStrategy:
     if kind == "literal":
         options += [st.text(max_size=12).filter(lambda t: t.strip() not in {str(c) for c in choices}),
                     st.integers().filter(lambda i: i not in choices)]
-    elif kind == "bool":
-        # ints other than 0/1, and words pydantic does not read as booleans
+    elif kind in ("bool", "bool_or_word"):
+        # ints other than 0/1, and words pydantic does not read as booleans (nor the field's own words)
         options += [st.integers().filter(lambda i: i not in (0, 1)),
-                    st.text(max_size=8).filter(lambda t: t.strip().lower() not in PYDANTIC_BOOL_WORDS)]
+                    st.text(max_size=8).filter(lambda t: t.strip().lower() not in PYDANTIC_BOOL_WORDS
+                                               and t.strip() not in choices)]
     elif kind == "int":
         # (bools are accepted as 0/1 today: see test_booleans_are_not_integers)
         options += [st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: not float(x).is_integer()),
@@ -126,6 +131,8 @@ def valid_value(section: str, key: str, field) -> st.SearchStrategy:
         s = st.sampled_from(choices)
     elif kind == "bool":
         s = st.booleans()
+    elif kind == "bool_or_word":
+        s = st.sampled_from([True, False, *choices])
     elif kind == "int":
         lo = b["ge"] if "ge" in b else b["gt"] + 1 if "gt" in b else -(2**40)
         s = st.integers(min_value=lo, max_value=b.get("le", 2**40))
