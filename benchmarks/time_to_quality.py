@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_avg, machine  # noqa: E402
 from quality import SHARED, judge_checkpoint  # noqa: E402
 
+from ganray.checkpoint import list_checkpoints  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/ganray-ttq")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="override on top of the preset")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--run-dir", help="judge this finished run instead of training a new one")
     args = ap.parse_args(argv)
     marks = [float(m) for m in args.at.split(",")]
     out = Path(args.out)
@@ -44,15 +47,18 @@ def main(argv=None) -> int:
     for o in args.extra:
         cmd += ["--set", o]
     load_before = load_avg()
-    subprocess.run(cmd, check=True)
-    run_dir = out / name
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        subprocess.run(cmd, check=True)
+        run_dir = out / name
     with open(run_dir / "metrics.csv") as f:
         reports = sorted((int(r["step"]), float(r["wall_s"])) for r in csv.DictReader(f))
 
     def train_s(step: int) -> float:  # training time at the last report at or after `step`
         return next((w for s, w in reports if s >= step), reports[-1][1])
 
-    ckpts = sorted((int(p.name.split("_")[1]), p) for p in run_dir.glob("checkpoint_*"))
+    ckpts = [(int(p.name.split("_")[1]), p) for p in list_checkpoints(run_dir)]
     rows = []
     for m in marks:
         # the last checkpoint whose step was reached by m minutes of training

@@ -154,8 +154,11 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
     stop_reason = "completed"
     marks["loop_ready"] = time.time()
 
+    # Fraction of train.max_minutes used, agreed by all ranks at each report: a learning-rate
+    # schedule follows whichever length limit (kimg/steps or minutes) is nearer its end.
+    time_progress = 0.0
     while st.step < total_steps:
-        progress = st.step / total_steps if total_steps < 2**62 else 0.0
+        progress = max(st.step / total_steps if total_steps < 2**62 else 0.0, time_progress)
         for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, progress)
@@ -210,8 +213,9 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         # --- report: collectives first, identical on every rank ---
         elapsed = time.perf_counter() - t_report
         stats = _reduce_stats(acc, n_acc, device)
-        over_budget = budget_s is not None and time.perf_counter() - t_start >= budget_s
-        stop = bool(dist.all_reduce_max(torch.tensor([float(over_budget)], device=device)).item())
+        used = (time.perf_counter() - t_start) / budget_s if budget_s is not None else 0.0
+        time_progress = float(dist.all_reduce_max(torch.tensor([used], device=device, dtype=torch.float64)).item())
+        stop = time_progress >= 1.0
         is_last = is_last or stop
         if stop and st.step < total_steps:
             stop_reason = "max_minutes"

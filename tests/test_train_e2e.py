@@ -109,3 +109,19 @@ def test_conditional_auto_follows_the_labels(ray_session, tmp_path):
         p = prepare(cfg)
         assert p.cfg.model.conditional is expected
         assert p.loop_config["config"]["model"]["conditional"] is expected
+
+
+def test_max_minutes_stops_cleanly_and_drives_the_lr_schedule(ray_session, tmp_path):
+    """--max-minutes ends the run with a final checkpoint and summary; a linear schedule decays with time."""
+    args = ["train", *TINY, "--data", "digits", "--out", str(tmp_path), "--name", "mm", "--steps", "1000000",
+            "--max-minutes", "0.1", "--set", "optim.lr_schedule=linear", "--set", "train.report_every_kimg=0.032"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "mm" / "summary.json").read_text())
+    assert summary["stop_reason"] == "max_minutes" and summary["status"] == "stopped"
+    rows = _rows(tmp_path / "mm")
+    step = int(rows[-1]["step"])
+    assert 0 < step < 1000000
+    assert list_checkpoints(tmp_path / "mm")[-1].name.endswith(f"{step:08d}")
+    lrs = [float(r["lr_g"]) for r in rows]
+    # the lr a step used is set from the time used at the report before it: it falls towards 0
+    assert lrs[-1] < 0.5 * lrs[0] <= 2e-4
