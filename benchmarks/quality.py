@@ -19,19 +19,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+
+from ganray.checkpoint import resolve  # noqa: E402
 
 # name -> --set overrides on top of the mnist preset (the default)
 ROWS: dict[str, list[str]] = {
     "default": [],
+    # the seed's DCGAN settings (unconditional, batch 64 per worker, Adam 2e-4), at width 32
+    "dcgan_settings": ["model.conditional=false", "train.batch_size_per_worker=64", "optim.lr_g=2e-4",
+                       "optim.lr_d=2e-4"],
+    "unconditional": ["model.conditional=false"],
     "no_ema": ["ema.enabled=false"],
     "minimax": ["loss.kind=minimax"],
     "hinge": ["loss.kind=hinge"],
-    "hinge_sn": ["loss.kind=hinge", "model.spectral_norm=true", "model.d_norm=none"],
     "lsgan": ["loss.kind=lsgan"],
     "wgan_gp": ["loss.kind=wgan-gp", "model.d_norm=none", "optim.d_steps=2", "optim.beta1=0.0", "optim.beta2=0.9"],
+    "sn": ["model.spectral_norm=true", "model.d_norm=none"],
+    "hinge_sn": ["loss.kind=hinge", "model.spectral_norm=true", "model.d_norm=none"],
     "r1": ["loss.r1_gamma=0.1", "loss.r1_every=16"],
     "diffaug": ["augment.policy=translation,cutout"],
-    "conditional": ["model.conditional=true"],
     "resnet": ["model.arch=resnet", "model.g_width=16", "model.d_width=16", "model.spectral_norm=true",
                "model.d_norm=none", "loss.kind=hinge"],
     "width64": ["model.g_width=64", "model.d_width=64"],
@@ -63,7 +70,12 @@ def run_row(name: str, overrides: list[str], minutes: float, out: Path, workers:
     summary = json.loads((run_dir / "summary.json").read_text())
     # The final checkpoint: equal budgets compare the state each configuration reached at the end.
     verdict = judge_checkpoint(summary["final_checkpoint"], run_dir / "judge_samples.npz")
+    # What `ganray sample --checkpoint <run folder>` uses: the best checkpoint by ganray's own FID.
+    chosen = resolve(run_dir)
+    picked = verdict if str(chosen) == str(summary["final_checkpoint"]) else \
+        judge_checkpoint(str(chosen), run_dir / "judge_samples_best.npz")
     return {
+        "best_ckpt_judge_fid": picked["fid"], "best_ckpt_modes": picked.get("modes"), "best_ckpt": chosen.name,
         "row": name, "overrides": " ".join(overrides) or "(mnist preset)", "judge_fid": verdict["fid"],
         "judge_is": verdict.get("is"), "modes": verdict.get("modes"), "ganray_fid": summary.get("best_fid"),
         "kimg": summary["kimg"], "img_per_s": summary["img_per_s"], "train_s": summary.get("train_s"),
@@ -82,7 +94,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{'row':<12} {'judge FID':>9} {'modes':>5} {'IS':>5} {'ganray FID':>10} {'kimg':>7} {'img/s':>7}")
+    print(f"{'row':<12} {'judge FID':>9} {'modes':>5} {'IS':>5} {'ganray FID':>10} {'kimg':>7} {'img/s':>7} {'best ckpt':>9}")
     for name in args.rows.split(","):
         res = run_row(name, ROWS[name], args.minutes, out, args.workers, args.extra)
         if "error" in res:
@@ -90,7 +102,7 @@ def main(argv=None) -> int:
         else:
             gf = f"{res['ganray_fid']:.2f}" if res["ganray_fid"] is not None else "-"
             print(f"{name:<12} {res['judge_fid']:>9.2f} {res['modes']:>5} {res['judge_is']:>5.2f} {gf:>10} "
-                  f"{res['kimg']:>7.1f} {res['img_per_s']:>7.0f}", flush=True)
+                  f"{res['kimg']:>7.1f} {res['img_per_s']:>7.0f} {res['best_ckpt_judge_fid']:>9.2f}", flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(res) + "\n")

@@ -138,7 +138,7 @@ class EvalConfig(_Section):
     features: Literal["auto", "classifier", "inception", "none"] = "auto"
     # Evaluation cadence; None: every train.checkpoint_every_kimg. 10k-sample FID costs seconds
     # on CPUs, so the default keeps it near 5% of training time there (see BENCHMARKS.md).
-    every_kimg: float | None = Field(50.0, gt=0.0)
+    every_kimg: float | None = Field(100.0, gt=0.0)
     fid_samples: int = Field(10_000, ge=16, le=1_000_000)
     metrics: list[Literal["fid", "kid", "is", "pr"]] = ["fid"]
     classifier_path: str | None = None
