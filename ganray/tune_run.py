@@ -52,7 +52,9 @@ def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
 
     if name == "asha":
         # Rungs at grace, 3 x grace, 9 x grace ...: a third of the trials go on at each rung, so
-        # a search costs ~1/3 of running every trial to the end (BENCHMARKS.md).
+        # in theory a search costs ~1/3 of running every trial to the end (factor 2 cannot go
+        # below 37.5%). The grace period is the first evaluation: it must come late enough for
+        # FID to rank trials (BENCHMARKS.md, "ASHA + early stopping").
         return ASHAScheduler(time_attr="kimg", max_t=max_kimg, grace_period=grace_kimg, reduction_factor=3)
     if name == "pbt":
         mutations = {k: v for k, v in to_tune_space(space).items() if not isinstance(v, dict)}
