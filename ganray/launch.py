@@ -219,7 +219,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
-                checkpoint_score_attribute="fid" if evaluating else None,
+                checkpoint_score_attribute="checkpoint_fid" if evaluating else None,
                 checkpoint_score_order="min",
             ),
             callbacks=list(callbacks),

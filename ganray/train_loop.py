@@ -361,6 +361,10 @@ def _report(session, row: dict, st: TrainState, cfg: Config, save: bool, is_last
         session.report(metrics)
         return
     name = f"checkpoint_{st.step:08d}"
+    # Ray ranks checkpoints by this key; one without it would score as the best (Ray treats a
+    # missing metric as -inf, negated for "min"), so a checkpoint between evaluations scores +inf:
+    # the best evaluated checkpoint is kept, and Ray always keeps the latest one.
+    metrics["checkpoint_fid"] = row["fid"] if row.get("fid") is not None else float("inf")
     if dist.rank() != 0:
         session.report(metrics, None, name)
         return
