@@ -125,3 +125,21 @@ def test_max_minutes_stops_cleanly_and_drives_the_lr_schedule(ray_session, tmp_p
     lrs = [float(r["lr_g"]) for r in rows]
     # the lr a step used is set from the time used at the report before it: it falls towards 0
     assert lrs[-1] < 0.5 * lrs[0] <= 2e-4
+
+
+def test_keep_checkpoints_keeps_the_best_by_fid(ray_session, tmp_path, mnist_dir, mnist_classifier16):
+    """Checkpoints written between evaluations must not evict the evaluated ones (Ray ranks a
+    result without the score attribute as the best): every kept checkpoint has an FID, the best among them."""
+    args = ["train", "--preset", "debug", "--quiet", "--data", str(mnist_dir), "--out", str(tmp_path), "--name", "k",
+            "--steps", "12"]
+    for s in ("eval.features=classifier", f"eval.classifier_path={mnist_classifier16}", "eval.fid_samples=256",
+              "eval.every_kimg=0.064", "train.report_every_kimg=0.016", "train.checkpoint_every_kimg=0.016",
+              "train.keep_checkpoints=2"):
+        args += ["--set", s]
+    assert main(args) == 0
+    fid = {int(r["step"]): float(r["fid"]) for r in _rows(tmp_path / "k") if r.get("fid")}
+    assert sorted(fid) == [4, 8, 12]
+    kept = [int(p.name[-8:]) for p in list_checkpoints(tmp_path / "k")]
+    assert 12 in kept and len(kept) <= 3, kept
+    assert set(kept) <= set(fid), f"kept un-evaluated checkpoints {sorted(set(kept) - set(fid))}"
+    assert min(fid, key=fid.get) in kept
