@@ -1,6 +1,6 @@
 """ASHA + ganray's early stopping against running every trial to the end, on the same trials.
 
-    python benchmarks/tune_asha.py [--trials 9] [--kimg 27] [--evals 9] [--json tune_asha.json]
+    python benchmarks/tune_asha.py [--trials 9] [--kimg 60] [--evals 6] [--grace-kimg G] [--json tune_asha.json]
 
 Both searches sample the same trial configs (the built-in DCGAN space, searcher seed fixed) on
 top of the mnist preset with MNIST as data, one worker per trial, concurrency from the CPUs.
@@ -25,11 +25,11 @@ from common import default_source, load_avg, machine  # noqa: E402
 
 
 def search(kind: str, args, out: Path) -> dict:
-    from ganray.config import Config
+    from ganray.config import mnist
     from ganray.tune import DEFAULT_SPACE, DEFAULT_STOPPING
     from ganray.tune_run import run_tune
 
-    base = Config()
+    base = mnist()  # what `ganray tune` starts from
     base.data.source = args.data
     base.train.kimg = args.kimg
     base.eval.every_kimg = args.kimg / args.evals
@@ -40,7 +40,8 @@ def search(kind: str, args, out: Path) -> dict:
         stopping.update(patience=10**9, d_gap=float("inf"))
     t0 = time.time()
     summary = run_tune(base, dict(DEFAULT_SPACE), stopping, name=f"{kind}-{int(t0)}", num_samples=args.trials,
-                       scheduler="fifo" if kind == "full" else "asha", seed=args.seed, verbose=0)
+                       scheduler="fifo" if kind == "full" else "asha", seed=args.seed, grace_kimg=args.grace_kimg,
+                       verbose=0)
     table = summary.pop("table")
     keys = list(DEFAULT_SPACE)
     table["config"] = table[keys].astype(str).agg(" ".join, axis=1)
@@ -53,8 +54,9 @@ def search(kind: str, args, out: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=9)
-    ap.add_argument("--kimg", type=float, default=27.0, help="length of a trial run to the end")
-    ap.add_argument("--evals", type=int, default=9, help="FID evaluations in a full trial (ASHA's rungs)")
+    ap.add_argument("--kimg", type=float, default=60.0, help="length of a trial run to the end (default: train.kimg)")
+    ap.add_argument("--evals", type=int, default=6, help="FID evaluations in a full trial (ASHA's rungs)")
+    ap.add_argument("--grace-kimg", type=float, help="ASHA's first rung (default: the first evaluation)")
     ap.add_argument("--fid-samples", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0, help="searcher seed (same trial configs in both searches)")
     ap.add_argument("--data", default=default_source())

@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_tune(base, space, stopping, name=experiment_name(args.name), num_samples=args.num_samples,
                            scheduler=args.scheduler, max_concurrent_trials=args.max_concurrent,
                            workers_per_trial=args.workers_per_trial, resume=args.resume, searcher=args.searcher,
-                           seed=args.search_seed)
+                           seed=args.search_seed, grace_kimg=args.grace_kimg)
     except (ConfigError, DataError) as e:
         return fail(str(e))
     table = summary["table"]
@@ -47,6 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="asha", choices=["asha", "pbt", "fifo"])
     p.add_argument("--searcher", default="random", choices=["random", "optuna"])
     p.add_argument("--search-seed", type=int, help="seed of the searcher: the same seed samples the same trial configs")
+    p.add_argument("--grace-kimg", type=float,
+                   help="ASHA's first rung in kimg (default: the first evaluation, train.kimg / 6 at most)")
     p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: from cluster resources)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers in each trial")
     p.add_argument("--target-fid", type=float, help="stop the whole search once a trial reaches this FID")

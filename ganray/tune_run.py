@@ -17,14 +17,24 @@ from ganray.tune import GANStopper, apply_params, to_tune_space, trial_driver, v
 DRIVER_CPU = 0.1  # a trial's driver only waits on its TorchTrainer
 
 
-def tune_base_config(cfg: Config) -> Config:
-    """Trials report only at evaluations: Tune's schedulers need `fid` in every result."""
+def tune_base_config(cfg: Config, grace_kimg: float | None = None) -> Config:
+    """Trials report only at evaluations: Tune's schedulers need `fid` in every result.
+
+    `grace_kimg` (ASHA's first rung) must come with an evaluation: the interval shrinks to it.
+    """
     cfg = cfg.model_copy(deep=True)
     if cfg.eval.features == "none":
         raise ConfigError("ganray tune stops trials on FID: set eval.features to auto, classifier or inception")
     every = cfg.eval.every_kimg or cfg.train.report_every_kimg
     if cfg.train.kimg is not None:
         every = min(every, cfg.train.kimg / 6)  # enough evaluations for ASHA's rungs and plateaus
+    if grace_kimg is not None:
+        if not grace_kimg > 0:
+            raise ConfigError(f"--grace-kimg must be > 0, got {grace_kimg}")
+        if cfg.train.kimg is not None and grace_kimg >= cfg.train.kimg:
+            raise ConfigError(f"--grace-kimg {grace_kimg:g} is not below train.kimg {cfg.train.kimg:g}: "
+                              "ASHA would never stop a trial early")
+        every = min(every, grace_kimg)
     cfg.eval.every_kimg = every
     cfg.train.report_every_kimg = every
     cfg.train.checkpoint_every_kimg = every
@@ -68,7 +78,12 @@ def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
 def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_samples: int = 4,
              scheduler: str = "asha", max_concurrent_trials: int | None = None, workers_per_trial: int = 1,
              resume: bool = False, searcher: str | None = None, seed: int | None = None,
-             verbose: int = 1) -> dict[str, Any]:
+             grace_kimg: float | None = None, verbose: int = 1) -> dict[str, Any]:
+    """Run (or with `resume`, continue) a search; returns the summary plus the results table.
+
+    `grace_kimg`: ASHA's first rung (default: the first evaluation). A trial is ranked there on
+    its FID, so it must come late enough for FID to mean something (BENCHMARKS.md).
+    """
     import ray
     from ray import tune
 
@@ -76,7 +91,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
 
     base = base.model_copy(deep=True)
     base.train.workers = workers_per_trial
-    base = tune_base_config(base)
+    base = tune_base_config(base, grace_kimg)
     validate_space(space, base)
     ensure_ray(workers_per_trial)
     root = storage_root(base.run.out)
@@ -101,7 +116,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
         param_space = {**to_tune_space(space), "__base__": base.to_dict(), "__runs__": runs_dir,
                        "__inprocess__": inprocess}
         concurrency = max_concurrent_trials or max_concurrent(workers_per_trial, _use_gpu(base))
-        sched = make_scheduler(scheduler, max_kimg, base.eval.every_kimg, space)
+        sched = make_scheduler(scheduler, max_kimg, grace_kimg or base.eval.every_kimg, space)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,

@@ -86,6 +86,22 @@ def test_bad_search_space_rejected_before_ray(tmp_path):
     assert apply_params(base, {"optim.lr_g": 1e-3}).optim.lr_g == 1e-3
 
 
+def test_grace_kimg_is_the_first_rung_and_has_an_evaluation():
+    from ganray.tune_run import make_scheduler, tune_base_config
+
+    base = debug()
+    base.eval.features, base.train.kimg, base.eval.every_kimg = "classifier", 60.0, 100.0
+    assert tune_base_config(base).eval.every_kimg == 10.0  # kimg / 6: rungs need evaluations
+    assert tune_base_config(base, 4.0).eval.every_kimg == 4.0
+    assert tune_base_config(base, 20.0).eval.every_kimg == 10.0
+    with pytest.raises(ConfigError, match="--grace-kimg 60 is not below train.kimg 60"):
+        tune_base_config(base, 60.0)
+    with pytest.raises(ConfigError, match="--grace-kimg must be > 0"):
+        tune_base_config(base, 0.0)
+    rungs = [m for m, _ in make_scheduler("asha", 60.0, 5.0, {})._brackets[0]._rungs]
+    assert sorted(rungs) == [5.0, 15.0, 45.0]  # reduction factor 3
+
+
 def test_pbt_exploits_checkpoints_of_single_worker_trials(ray_session, tmp_path, mnist_dir, mnist_classifier16):
     from ganray.config import load_config
     from ganray.tune_run import run_tune
