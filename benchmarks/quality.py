@@ -23,25 +23,34 @@ sys.path.insert(0, str(REPO))
 
 from ganray.checkpoint import resolve  # noqa: E402
 
-# name -> --set overrides on top of the mnist preset (the default)
+# name -> --set overrides on top of the mnist preset (the default). The ablations were measured
+# on the previous preset, the current one without R1 (PREVIOUS); rows named new_* are single
+# changes to the current preset.
+PREVIOUS = ["loss.r1_gamma=0"]
 ROWS: dict[str, list[str]] = {
     "default": [],
+    "previous": PREVIOUS,
     # the seed's DCGAN settings (unconditional, batch 64 per worker, Adam 2e-4), at width 32
-    "dcgan_settings": ["model.conditional=false", "train.batch_size_per_worker=64", "optim.lr_g=2e-4",
+    "dcgan_settings": [*PREVIOUS, "model.conditional=false", "train.batch_size_per_worker=64", "optim.lr_g=2e-4",
                        "optim.lr_d=2e-4"],
-    "unconditional": ["model.conditional=false"],
-    "no_ema": ["ema.enabled=false"],
-    "minimax": ["loss.kind=minimax"],
-    "hinge": ["loss.kind=hinge"],
-    "lsgan": ["loss.kind=lsgan"],
-    "wgan_gp": ["loss.kind=wgan-gp", "model.d_norm=none", "optim.d_steps=2", "optim.beta1=0.0", "optim.beta2=0.9"],
-    "sn": ["model.spectral_norm=true", "model.d_norm=none"],
-    "hinge_sn": ["loss.kind=hinge", "model.spectral_norm=true", "model.d_norm=none"],
-    "r1": ["loss.r1_gamma=0.1", "loss.r1_every=16"],
-    "diffaug": ["augment.policy=translation,cutout"],
-    "resnet": ["model.arch=resnet", "model.g_width=16", "model.d_width=16", "model.spectral_norm=true",
+    "unconditional": [*PREVIOUS, "model.conditional=false"],
+    "no_ema": [*PREVIOUS, "ema.enabled=false"],
+    "minimax": [*PREVIOUS, "loss.kind=minimax"],
+    "hinge": [*PREVIOUS, "loss.kind=hinge"],
+    "lsgan": [*PREVIOUS, "loss.kind=lsgan"],
+    "wgan_gp": [*PREVIOUS, "loss.kind=wgan-gp", "model.d_norm=none", "optim.d_steps=2", "optim.beta1=0.0",
+                "optim.beta2=0.9"],
+    "sn": [*PREVIOUS, "model.spectral_norm=true", "model.d_norm=none"],
+    "hinge_sn": [*PREVIOUS, "loss.kind=hinge", "model.spectral_norm=true", "model.d_norm=none"],
+    "r1": [*PREVIOUS, "loss.r1_gamma=0.1", "loss.r1_every=16"],  # = the current preset
+    "diffaug": [*PREVIOUS, "augment.policy=translation,cutout"],
+    "resnet": [*PREVIOUS, "model.arch=resnet", "model.g_width=16", "model.d_width=16", "model.spectral_norm=true",
                "model.d_norm=none", "loss.kind=hinge"],
-    "width64": ["model.g_width=64", "model.d_width=64"],
+    "width64": [*PREVIOUS, "model.g_width=64", "model.d_width=64"],
+    "r1_sn": [*PREVIOUS, "model.spectral_norm=true", "model.d_norm=none", "loss.r1_gamma=0.1", "loss.r1_every=16"],
+    "new_unconditional": ["model.conditional=false"],
+    "new_no_ema": ["ema.enabled=false"],
+    "new_lsgan": ["loss.kind=lsgan"],
 }
 
 
@@ -83,6 +92,24 @@ def run_row(name: str, overrides: list[str], minutes: float, out: Path, workers:
     }
 
 
+def markdown(path: str) -> str:
+    """QUALITY.md's ablation table rows from a --json file (last result per row wins)."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[r["row"]] = r
+    out = []
+    for r in rows.values():
+        if "error" in r:
+            out.append(f"| {r['row']} | {' '.join(ROWS.get(r['row'], []))} | failed | | | | | | |")
+            continue
+        gf = f"{r['ganray_fid']:.1f}" if r.get("ganray_fid") is not None else "-"
+        out.append(f"| {r['row']} | {r['overrides']} | {r['judge_fid']:.1f} | {r['modes']} | {r['judge_is']:.2f} | "
+                   f"{r['best_ckpt_judge_fid']:.1f} ({r['best_ckpt']}) | {gf} | {r['kimg']:.0f} | {r['img_per_s']:.0f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="default", help=f"comma-separated rows from {', '.join(ROWS)}")
@@ -91,7 +118,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/ganray-quality")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
     ap.add_argument("--json", help="append results to this JSON-lines file")
+    ap.add_argument("--markdown", metavar="JSON", help="print QUALITY.md table rows from a --json file and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{'row':<12} {'judge FID':>9} {'modes':>5} {'IS':>5} {'ganray FID':>10} {'kimg':>7} {'img/s':>7} {'best ckpt':>9}")

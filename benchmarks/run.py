@@ -92,9 +92,11 @@ class Ctx:
 
     def model(self, batch: int | None = None) -> list[str]:
         s = self.size
-        # Unconditional: the plain loop it is compared with has no labels.
+        # DCGAN as the seed has it (BatchNorm D, no spectral norm, no R1), whatever the preset says;
+        # unconditional: the plain loop it is compared with has no labels.
         return [f"data.source={self.source}", "data.resolution=32", "model.conditional=false", f"model.g_width={s.width}",
-                f"model.d_width={s.width}", f"train.batch_size_per_worker={batch or s.batch}"]
+                f"model.d_width={s.width}", f"train.batch_size_per_worker={batch or s.batch}",
+                "model.spectral_norm=false", "model.d_norm=batch", "loss.r1_gamma=0"]
 
     def default_model(self) -> list[str]:
         """The `ganray train` defaults (mnist preset) for eval and Tune; the tiny model with --quick."""

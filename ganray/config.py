@@ -223,11 +223,17 @@ def mnist() -> Config:
       worker, the DCGAN setting, is ~3x slower to reach the same quality).
     - Class-conditional (conditional BN in G, projection D) whenever the data has labels: every
       class is drawn equally often, so no digit is dropped, and digits form sooner.
+    - R1 penalty on D's gradient at real images (gamma 0.1, lazily every 16 D steps): the best
+      change in the 6-minute ablations (judge FID 19.5 -> 2.2; spectral norm 3.7, both 3.7). It
+      is the regulariser that makes GAN training locally convergent (Mescheder et al. 2018) and
+      it removed the late-training FID swings of the preset without it.
     """
     cfg = dcgan()
     cfg.model.g_width = 32
     cfg.model.d_width = 32
     cfg.model.conditional = "auto"
+    cfg.loss.r1_gamma = 0.1
+    cfg.loss.r1_every = 16
     cfg.train.batch_size_per_worker = 32
     cfg.optim.lr_g = 4e-4
     cfg.optim.lr_d = 4e-4
