@@ -123,8 +123,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
             tune_config=tune.TuneConfig(
                 metric="fid", mode="min", num_samples=num_samples,
                 scheduler=sched,
-                search_alg=_searcher(searcher, space, seed),
-                max_concurrent_trials=concurrency,
+                search_alg=_searcher(searcher, seed, concurrency),
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=root, stop=stopper.as_tune_stopper(), verbose=verbose,
@@ -142,17 +141,24 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     return summary
 
 
-def _searcher(name: str | None, space: dict, seed: int | None = None):
+def _searcher(name: str | None, seed: int | None, max_concurrent: int):
+    """The search algorithm, limited to `max_concurrent` live trials.
+
+    The limit is set here, not through TuneConfig(max_concurrent_trials): Tune applies that only
+    to a Searcher and silently ignores it for a BasicVariantGenerator passed in, which then
+    starts every trial at once.
+    """
     if not name or name == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     if name == "optuna":
         try:
+            from ray.tune.search import ConcurrencyLimiter
             from ray.tune.search.optuna import OptunaSearch
         except ImportError as e:
             raise ConfigError("--searcher optuna needs the extra: pip install 'ganray[optuna]'") from e
-        return OptunaSearch(seed=seed)
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
     raise ConfigError(f"unknown searcher {name!r}; choose random or optuna")
 
 

@@ -102,6 +102,16 @@ def test_grace_kimg_is_the_first_rung_and_has_an_evaluation():
     assert sorted(rungs) == [5.0, 15.0, 45.0]  # reduction factor 3
 
 
+def test_searcher_holds_the_concurrency_limit():
+    """TuneConfig(max_concurrent_trials) is ignored for a BasicVariantGenerator passed in: the
+    limit must sit in the searcher, or every trial starts at once."""
+    from ganray.tune_run import _searcher
+
+    assert _searcher("random", 0, 2).max_concurrent == 2
+    with pytest.raises(ConfigError, match="unknown searcher"):
+        _searcher("grid-of-doom", 0, 2)
+
+
 def test_pbt_exploits_checkpoints_of_single_worker_trials(ray_session, tmp_path, mnist_dir, mnist_classifier16):
     from ganray.config import load_config
     from ganray.tune_run import run_tune
