@@ -35,12 +35,12 @@ def _config(source: str, z: GpuSize, precision: str, use_gpu: bool, out, name: s
 
     return load_config(None, [
         f"data.source={source}", f"data.resolution={z.resolution}", "data.channels=3",
-        "model.conditional=false", "model.spectral_norm=false", "model.d_norm=batch", "loss.r1_gamma=0",
+        "model.conditional=false",
         f"model.g_width={z.width}", f"model.d_width={z.width}", f"train.batch_size_per_worker={z.batch}",
         f"train.precision={precision}", f"train.use_gpu={str(use_gpu).lower()}", "train.kimg=null",
         f"train.steps={z.steps}", f"train.report_every_kimg={z.report * z.batch / 1000:.6f}",
         "train.checkpoint_every_kimg=1e6", "eval.features=none", f"run.out={out}", f"run.name={name}",
-    ])
+    ], preset="dcgan")  # the seed's DCGAN (BatchNorm D, no spectral norm, no R1), whatever the default preset is
 
 
 def _ganray(cfg, z: GpuSize) -> dict:

@@ -91,12 +91,12 @@ class Ctx:
     details: dict = field(default_factory=dict)
 
     def model(self, batch: int | None = None) -> list[str]:
+        """Size overrides; overhead and scaling put them on the `dcgan` preset (SPEED_PRESET), so a
+        change to the default preset cannot move the model they measure. Unconditional: the plain
+        loop it is compared with has no labels."""
         s = self.size
-        # DCGAN as the seed has it (BatchNorm D, no spectral norm, no R1), whatever the preset says;
-        # unconditional: the plain loop it is compared with has no labels.
         return [f"data.source={self.source}", "data.resolution=32", "model.conditional=false", f"model.g_width={s.width}",
-                f"model.d_width={s.width}", f"train.batch_size_per_worker={batch or s.batch}",
-                "model.spectral_norm=false", "model.d_norm=batch", "loss.r1_gamma=0"]
+                f"model.d_width={s.width}", f"train.batch_size_per_worker={batch or s.batch}"]
 
     def default_model(self) -> list[str]:
         """The `ganray train` defaults (mnist preset) for eval and Tune; the tiny model with --quick."""
@@ -104,6 +104,9 @@ class Ctx:
 
     def every(self, steps: int, batch: int | None = None) -> str:
         return f"{steps * (batch or self.size.batch) / 1000:.6f}"
+
+
+SPEED_PRESET = "dcgan"  # the seed's DCGAN: BatchNorm D, no spectral norm, no R1
 
 
 def _ganray_len(ctx: Ctx, steps: int, report: int, batch: int | None = None) -> list[str]:
@@ -115,12 +118,12 @@ def bench_overhead(ctx: Ctx) -> list[Row]:
     s = ctx.size
     model = ctx.model() + [f"train.threads_per_worker={ctx.threads}", "eval.features=none"]
     plains = [run_plain(model, steps=s.steps, report_every=s.report, threads=ctx.threads, out=ctx.out,
-                        name="plain_a")]
+                        name="plain_a", preset=SPEED_PRESET)]
     run = run_ganray(ctx.out, "overhead", ctx.model() + _ganray_len(ctx, s.steps, s.report)
-                     + [f"train.threads_per_worker={ctx.threads}", "train.workers=1"])
+                     + [f"train.threads_per_worker={ctx.threads}", "train.workers=1"], preset=SPEED_PRESET)
     if not ctx.quick:  # A B A: the mean of two baselines cancels a slow drift in machine load
         plains.append(run_plain(model, steps=s.steps, report_every=s.report, threads=ctx.threads, out=ctx.out,
-                                name="plain_b"))
+                                name="plain_b", preset=SPEED_PRESET))
     plain = sum(p["img_per_s"] for p in plains) / len(plains)
     plain_best = max(p["best_img_per_s"] for p in plains)
     plain_all = sum(p["steps"] * p["batch"] / p["wall_s"] for p in plains) / len(plains)
@@ -148,7 +151,7 @@ def bench_scaling(ctx: Ctx) -> list[Row]:
     rates = {}
     for workers in (1, 2):
         run = run_ganray(ctx.out, f"scaling{workers}", ctx.model() + _ganray_len(ctx, n, s.report // 2)
-                         + ["train.threads_per_worker=1", f"train.workers={workers}"])
+                         + ["train.threads_per_worker=1", f"train.workers={workers}"], preset=SPEED_PRESET)
         rates[workers] = steady(run.rows, s.batch * workers)
     ctx.details["scaling"] = rates
     return [
@@ -234,8 +237,9 @@ def bench_tune(ctx: Ctx) -> list[Row]:
         # A trial driver records no fit_start: count prepared -> worker_start as the worker group's start.
         marks.setdefault("fit_start", marks.get("prepared"))
         metrics = timing.parent / "metrics.csv"
-        trials.append({"trial": timing.parent.name, "start_to_first_step_s": marks["first_step"] - marks["prepare_start"],
-                       "breakdown": startup_breakdown(marks),
+        breakdown = startup_breakdown(marks)  # from the trial function's entry (older runs: prepare_start)
+        trials.append({"trial": timing.parent.name, "start_to_first_step_s": breakdown["total_s"],
+                       "breakdown": breakdown,
                        "first_step": marks["first_step"], "ended": metrics.stat().st_mtime,
                        "img_per_s": steady(_rows(metrics), batch)["img_per_s"]})
     trials.sort(key=lambda t: t["first_step"])

@@ -48,7 +48,31 @@ def search(kind: str, args, out: Path) -> dict:
     return {"kind": kind, "wall_s": time.time() - t0, "best_fid": summary["best_fid"],
             "total_kimg": summary["total_kimg"], "total_trial_s": summary["total_trial_s"],
             "trials": table[["config", "best_fid", "kimg", "wall_s", "stop_reason"]].to_dict("records"),
-            "exp_dir": summary["exp_dir"]}
+            "exp_dir": summary["exp_dir"], "startup": startup(Path(summary["exp_dir"]) / "runs")}
+
+
+def startup(runs: Path) -> dict:
+    """Trial start-up from each trial's timing.json: the trial function's entry -> its first
+    training step (mean and phases), and the turnover between sequential trials (previous trial's
+    last metrics row -> next trial's first step), which also counts Tune's own scheduling."""
+    from ganray.launch import startup_breakdown
+
+    trials = []
+    for timing in runs.glob("*/timing.json"):
+        marks = json.loads(timing.read_text())
+        marks.setdefault("fit_start", marks.get("prepared"))  # a trial driver records no fit_start
+        trials.append({"breakdown": startup_breakdown(marks), "first_step": marks["first_step"],
+                       "ended": (timing.parent / "metrics.csv").stat().st_mtime})
+    if not trials:
+        return {}
+    trials.sort(key=lambda t: t["first_step"])
+    phases = {k: round(sum(t["breakdown"].get(k, 0.0) for t in trials) / len(trials), 2)
+              for k in trials[0]["breakdown"]}
+    turnover = [b["first_step"] - a["ended"] for a, b in zip(trials, trials[1:])]
+    return {"mean_s": phases.pop("total_s"), "phases": phases,
+            "min_s": min(t["breakdown"]["total_s"] for t in trials),
+            "max_s": max(t["breakdown"]["total_s"] for t in trials),
+            "turnover_mean_s": sum(turnover) / len(turnover) if turnover else None}
 
 
 def main(argv=None) -> int:
@@ -85,6 +109,13 @@ def main(argv=None) -> int:
     print(f"ASHA / full: kimg {report['kimg_ratio']:.2f}, trial time {report['trial_s_ratio']:.2f}, "
           f"wall {report['wall_ratio']:.2f}, best FID {report['best_fid_ratio']:.3f} (target <= 0.35, <= 1.10)")
     print(f"full search's best trial under ASHA: {report['full_best_config_in_asha']}")
+    st = full["startup"]
+    if st:
+        mean_trial = full["total_trial_s"] / len(full["trials"])
+        report["startup_share"] = st["mean_s"] / mean_trial
+        print(f"trial start-up (full search): {st['mean_s']:.1f} s mean ({st['min_s']:.1f}-{st['max_s']:.1f}), "
+              f"{report['startup_share']:.1%} of a full trial ({mean_trial:.0f} s; target <= 10%); "
+              f"turnover between trials {st['turnover_mean_s'] or 0:.1f} s; phases {st['phases']}")
     for r in (full, asha):
         print(f"\n{r['kind']}:")
         for t in sorted(r["trials"], key=lambda t: t["config"]):

@@ -122,8 +122,32 @@ class Prepared:
     loop_config: dict
 
 
-def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
-    """Everything checked before any worker starts: names, folders, data, evaluation."""
+@dataclass
+class SharedInputs:
+    """What every run of one data + evaluation config needs: the materialised dataset, its
+    description and the evaluation's real statistics (object refs). A Tune experiment loads them
+    once and hands them to every trial instead of each trial loading its own."""
+    data: Any   # the DataConfig they were built from, checked against each run's
+    eval: Any
+    dataset: Any
+    info: Any
+    eval_info: dict | None
+
+
+def load_inputs(cfg: Config) -> SharedInputs:
+    from ganray.data import load_dataset
+
+    _preserve_data_order()
+    dataset, info = load_dataset(cfg.data)
+    return SharedInputs(cfg.data, cfg.eval, dataset, info, _prepare_eval(cfg, info))
+
+
+def prepare(cfg: Config, *, resume: bool = False, inputs: SharedInputs | None = None) -> Prepared:
+    """Everything checked before any worker starts: names, folders, data, evaluation.
+
+    `inputs`: the dataset and evaluation statistics already loaded for this data and eval config
+    (a Tune experiment's trials share them); loaded here otherwise.
+    """
     from ganray.data import load_dataset
 
     name = cfg.run.name or default_name(cfg)
@@ -138,7 +162,9 @@ def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
         raise RunError(f"--resume: no run named {name!r} under {storage_root(cfg.run.out)}")
     _preserve_data_order()
     marks = {"prepare_start": time.time()}
-    dataset, info = load_dataset(cfg.data)
+    if inputs is not None and (inputs.data != cfg.data or inputs.eval != cfg.eval):
+        raise RunError("internal: shared inputs were loaded for another data or eval config")
+    dataset, info = (inputs.dataset, inputs.info) if inputs is not None else load_dataset(cfg.data)
     marks["dataset_ready"] = time.time()
     num_classes = cfg.data.num_classes or info.num_classes
     if cfg.model.conditional == "auto":
@@ -157,7 +183,7 @@ def prepare(cfg: Config, *, resume: bool = False) -> Prepared:
         "num_rows": info.num_rows,
         "threads": threads_per_worker(cfg),
         "fallback_checkpoints": _local_checkpoints(run_dir) if resume else [],
-        "eval": _prepare_eval(cfg, info),
+        "eval": inputs.eval_info if inputs is not None else _prepare_eval(cfg, info),
         # Driver-side start-up timestamps (time.time()); rank 0 adds its own and writes timing.json.
         "startup_marks": marks,
     }
@@ -354,6 +380,7 @@ def _process_start() -> float | None:
 STARTUP_PHASES = [
     ("imports_s", "process_start", "cmd"),
     ("ray_start_s", "cmd", "ray_ready"),
+    ("trial_imports_s", "trial_start", "prepare_start"),  # a Tune trial's driver function
     ("dataset_s", "prepare_start", "dataset_ready"),
     ("eval_prepare_s", "dataset_ready", "prepared"),
     ("trainer_build_s", "prepared", "fit_start"),
@@ -367,7 +394,7 @@ STARTUP_PHASES = [
 def startup_breakdown(marks: dict[str, float | None]) -> dict[str, float]:
     """Seconds per start-up phase from timing.json's timestamps; total_s: first mark to first step."""
     out = {name: round(marks[b] - marks[a], 3) for name, a, b in STARTUP_PHASES if marks.get(a) and marks.get(b)}
-    start = marks.get("process_start") or marks.get("cmd") or marks.get("prepare_start")
+    start = marks.get("process_start") or marks.get("cmd") or marks.get("trial_start") or marks.get("prepare_start")
     if start and marks.get("first_step"):
         out["total_s"] = round(marks["first_step"] - start, 3)
     return out

@@ -157,8 +157,15 @@ class GANStopper:
         return _S()
 
 
-def trial_driver(config: dict) -> None:
-    """One Tune trial: a ganray run with K Train workers, reporting through Tune."""
+def trial_driver(config: dict, inputs=None) -> None:
+    """One Tune trial: a ganray run with K Train workers, reporting through Tune.
+
+    `inputs` (ganray.launch.SharedInputs): the dataset and evaluation statistics the experiment
+    loaded once for all trials; None when the search space changes data or evaluation settings.
+    """
+    import time
+
+    t_entry = time.time()
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -172,7 +179,8 @@ def trial_driver(config: dict) -> None:
     cfg.run.out = config["__runs__"]
     # Resuming an errored or unfinished trial: Ray Train finds its snapshot under the same name.
     resume = (Path(cfg.run.out) / cfg.run.name).is_dir()
-    p = prepare(cfg, resume=resume)
+    p = prepare(cfg, resume=resume, inputs=inputs)
+    p.loop_config["startup_marks"]["trial_start"] = t_entry  # start-up counted from the trial's entry
     (Path(p.run_dir)).mkdir(parents=True, exist_ok=True)
     (Path(p.run_dir) / "config.yaml").write_text(p.cfg.to_yaml())
     if config.get("__inprocess__"):

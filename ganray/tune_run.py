@@ -57,6 +57,11 @@ def max_concurrent(workers_per_trial: int, use_gpu: bool) -> int:
 # inside the trial process (ganray.session.TuneSession); multi-worker trials use ASHA or FIFO.
 
 
+def shares_inputs(space: dict) -> bool:
+    """Whether every trial reads the same data and evaluates the same way (no data./eval. key searched)."""
+    return not any(key.split(".", 1)[0] in ("data", "eval") for key in space)
+
+
 def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
@@ -87,7 +92,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     import ray
     from ray import tune
 
-    from ganray.launch import _use_gpu, ensure_ray
+    from ganray.launch import _use_gpu, ensure_ray, load_inputs
 
     base = base.model_copy(deep=True)
     base.train.workers = workers_per_trial
@@ -103,8 +108,13 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     if inprocess and workers_per_trial != 1:
         raise ConfigError("--scheduler pbt runs single-worker trials (the worker lives in the trial so Tune can "
                           "copy its checkpoints); use --workers-per-trial 1, or asha/fifo for multi-worker trials")
+    # The dataset and the evaluation's real statistics, loaded once for the whole experiment when
+    # no trial changes them (~6 s less start-up per trial, BENCHMARKS.md); the trials get them
+    # through the object store.
+    inputs = load_inputs(base) if shares_inputs(space) else None
     # A PBT trial trains in its own process (1 CPU); otherwise the trial only drives a TorchTrainer.
-    trainable = tune.with_resources(trial_driver, {"cpu": 1 if inprocess else DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, inputs=inputs),
+                                    {"cpu": 1 if inprocess else DRIVER_CPU})
     if resume:
         if not Path(exp_dir).is_dir():
             raise ConfigError(f"--resume: no experiment named {name!r} under {root}")

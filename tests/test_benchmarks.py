@@ -50,9 +50,12 @@ def test_startup_breakdown_phases_add_up():
     assert got["ray_start_s"] == pytest.approx(2.0) and got["worker_group_start_s"] == pytest.approx(3.0)
     assert got["total_s"] == pytest.approx(11.0)
     assert sum(v for k, v in got.items() if k != "total_s") == pytest.approx(11.0 - 0.1)  # gap before prepare
-    # A Tune trial has no driver command marks: the total runs from prepare_start.
-    trial = startup_breakdown({k: v for k, v in marks.items() if k not in ("process_start", "cmd", "ray_ready")})
-    assert "ray_start_s" not in trial and trial["total_s"] == pytest.approx(11.0 - 3.1)
+    # A Tune trial has no driver command marks: the total runs from the trial function's entry.
+    trial_marks = {k: v for k, v in marks.items() if k not in ("process_start", "cmd", "ray_ready")}
+    trial = startup_breakdown({**trial_marks, "trial_start": t + 2.5})
+    assert "ray_start_s" not in trial and trial["total_s"] == pytest.approx(11.0 - 2.5)
+    assert trial["trial_imports_s"] == pytest.approx(0.6)
+    assert startup_breakdown(trial_marks)["total_s"] == pytest.approx(11.0 - 3.1)  # runs before trial_start
 
 
 def test_plain_loop_trains_and_measures():
