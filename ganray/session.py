@@ -8,12 +8,17 @@ checkpoint into another (Tune cannot see checkpoints that a nested TorchTrainer 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
 
 class RayTrainSession:
+    # Ray Train V2's controller collects a worker's (single-slot) report queue once per health
+    # check; reporting faster than that blocks the training thread.
+    min_report_interval_s = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
+
     def __init__(self):
         import ray.train
         import ray.train.torch
@@ -41,6 +46,7 @@ class TuneSession:
     """World size 1 in the Tune trial's own process; the dataset is iterated directly."""
 
     rank, world = 0, 1
+    min_report_interval_s = 0.0  # tune.report hands each result straight to the trial's runner
 
     def __init__(self, dataset):
         from ray import tune

@@ -150,6 +150,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
     consecutive_bad = 0
     acc: dict[str, torch.Tensor] = {}
     n_acc, wait_s, t_report, t_start = 0, 0.0, time.perf_counter(), time.perf_counter()
+    t_forwarded = -math.inf  # when a report last went to the session (Ray Train / Tune)
     budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
     stop_reason = "completed"
     marks["loop_ready"] = time.time()
@@ -214,7 +215,9 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         elapsed = time.perf_counter() - t_report
         stats = _reduce_stats(acc, n_acc, device)
         used = (time.perf_counter() - t_start) / budget_s if budget_s is not None else 0.0
-        time_progress = float(dist.all_reduce_max(torch.tensor([used], device=device, dtype=torch.float64)).item())
+        since_forwarded = time.perf_counter() - t_forwarded
+        agreed = dist.all_reduce_max(torch.tensor([used, since_forwarded], device=device, dtype=torch.float64)).tolist()
+        time_progress = agreed[0]
         stop = time_progress >= 1.0
         is_last = is_last or stop
         if stop and st.step < total_steps:
@@ -249,7 +252,14 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
                 run.write_fid_plot()
             if tracker is not None:
                 tracker.log(st.step, row, grid)
-        _report(session, row, st, cfg, save, is_last, stop_reason)
+        # Every row goes to metrics.csv; the session gets checkpoints, evaluations, the last row
+        # and otherwise at most one row per `min_report_interval_s`: Ray Train's worker holds one
+        # unconsumed report and its controller takes it only every health-check interval (2 s),
+        # so a faster report rate would block training (a fast GPU at the default 2 kimg
+        # interval reports several times a second). The decision is agreed by all ranks above.
+        if save or is_last or agreed[1] >= session.min_report_interval_s:
+            _report(session, row, st, cfg, save, is_last, stop_reason)
+            t_forwarded = time.perf_counter()
         if save:
             good = st.snapshot()
         acc, n_acc, wait_s, t_report = {}, 0, 0.0, time.perf_counter()

@@ -112,13 +112,19 @@ def test_conditional_auto_follows_the_labels(ray_session, tmp_path):
 
 
 def test_max_minutes_stops_cleanly_and_drives_the_lr_schedule(ray_session, tmp_path):
-    """--max-minutes ends the run with a final checkpoint and summary; a linear schedule decays with time."""
+    """--max-minutes ends the run with a final checkpoint and summary; a linear schedule decays with
+    time. 2 workers reporting every step: reports must not throttle training."""
     args = ["train", *TINY, "--data", "digits", "--out", str(tmp_path), "--name", "mm", "--steps", "1000000",
-            "--max-minutes", "0.1", "--set", "optim.lr_schedule=linear", "--set", "train.report_every_kimg=0.032"]
+            "--max-minutes", "0.1", "--workers", "2", "--set", "optim.lr_schedule=linear",
+            "--set", "train.report_every_kimg=0.032", "--set", "train.checkpoint_every_kimg=1000"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "mm" / "summary.json").read_text())
     assert summary["stop_reason"] == "max_minutes" and summary["status"] == "stopped"
     rows = _rows(tmp_path / "mm")
+    # Ray Train takes one report per worker every 2 s (its health-check poll) and blocks the next:
+    # forwarding every row would allow ~3 in these 6 s. Rows go to metrics.csv at every step; the
+    # workers forward only every 2 s, with the same decision on both ranks (or the run would hang).
+    assert len(rows) >= 10, f"{len(rows)} rows in 6 s: reports are throttling the training loop"
     step = int(rows[-1]["step"])
     assert 0 < step < 1000000
     assert list_checkpoints(tmp_path / "mm")[-1].name.endswith(f"{step:08d}")
