@@ -160,6 +160,8 @@ def prepare(cfg: Config, *, resume: bool = False, inputs: SharedInputs | None = 
         raise RunError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --name")
     if resume and local and not Path(run_dir).is_dir():
         raise RunError(f"--resume: no run named {name!r} under {storage_root(cfg.run.out)}")
+    if resume and local:
+        _set_aside_unreadable_ray_state(Path(run_dir))
     _preserve_data_order()
     marks = {"prepare_start": time.time()}
     if inputs is not None and (inputs.data != cfg.data or inputs.eval != cfg.eval):
@@ -197,6 +199,26 @@ def _preserve_data_order() -> None:
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+
+
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of a run's checkpoints
+
+
+def _set_aside_unreadable_ray_state(run_dir: Path) -> None:
+    """Ray Train writes its checkpoint list in place, not atomically: a disk that fills up at
+    that moment leaves it empty, and Ray then refuses to resume the run
+    (CheckpointManagerInitializationError). ganray finds the checkpoints on disk itself (the newest
+    readable one is restored), so an unreadable list is moved aside and Ray starts a new one."""
+    snap = run_dir / RAY_TRAIN_SNAPSHOT
+    try:
+        json.loads(snap.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        aside = snap.with_name(snap.name + ".unreadable")
+        snap.replace(aside)
+        print(f"ganray: Ray Train's checkpoint list {snap} was unreadable ({type(e).__name__}); moved to "
+              f"{aside.name}, resuming from the newest readable checkpoint on disk", file=sys.stderr)
 
 
 def _local_checkpoints(run_dir: str) -> list[str]:
@@ -273,7 +295,8 @@ def describe_failure(err: BaseException) -> str:
             lines.append(f"worker rank {rank}: {type(cause).__name__}: {msg[-1] if msg else ''}")
         return "training failed\n  " + "\n  ".join(lines)
     text = str(err).strip().splitlines()
-    return f"training failed: {type(err).__name__}: {text[-1] if text else ''}"
+    where = " (Ray Train's controller, which keeps the run's state in the run folder)" if type(err).__name__ == "ControllerError" else ""
+    return f"training failed{where}: {type(err).__name__}: {text[-1] if text else ''}"
 
 
 def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, address: str | None = None) -> dict:

@@ -314,7 +314,11 @@ def test_checkpoint_upload_to_a_full_disk_fails_clearly_and_resumes(straight, tm
         rc = main(args)
         err = capsys.readouterr().err
         assert rc == 1, err
-        assert "storing checkpoint_00000008 in the run folder failed" in err and "No space left on device" in err
+        # Whichever writer meets the full disk first fails the run: the worker copying checkpoint 8
+        # (named), or Ray Train's controller writing its state while that copy fills the disk.
+        assert "No space left on device" in err, err
+        assert ("storing checkpoint_00000008 in the run folder failed" in err
+                or "Ray Train's controller, which keeps the run's state in the run folder" in err), err
         assert f"cannot write {disk / 'f' / 'summary.json'}" in err
         assert load_state(disk / "f" / "checkpoint_00000004")["step"] == 4, "the previous checkpoint was damaged"
         _remount(disk, "size=4m")  # space freed: --resume skips the partial checkpoint 8, continues from 4
@@ -323,6 +327,22 @@ def test_checkpoint_upload_to_a_full_disk_fails_clearly_and_resumes(straight, tm
         _assert_same_params(load_state(straight / "checkpoint_00000008"), load_state(disk / "f" / "checkpoint_00000008"))
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_resume_sets_aside_an_unreadable_ray_checkpoint_list(tmp_path):
+    """Ray Train writes checkpoint_manager_snapshot.json in place; a full disk can leave it empty and
+    Ray would refuse to resume. ganray moves it aside (its own restore finds the checkpoints)."""
+    from ganray.launch import RAY_TRAIN_SNAPSHOT, _set_aside_unreadable_ray_state
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    (good / RAY_TRAIN_SNAPSHOT).write_text('{"ray_version": "x"}')
+    (bad / RAY_TRAIN_SNAPSHOT).write_text("")
+    _set_aside_unreadable_ray_state(good)
+    _set_aside_unreadable_ray_state(bad)
+    _set_aside_unreadable_ray_state(tmp_path)  # none there: nothing to do
+    assert (good / RAY_TRAIN_SNAPSHOT).read_text() == '{"ray_version": "x"}'
+    assert not (bad / RAY_TRAIN_SNAPSHOT).exists() and (bad / f"{RAY_TRAIN_SNAPSHOT}.unreadable").exists()
 
 
 def _column(run: Path, key: str) -> dict[int, int]:
