@@ -7,6 +7,7 @@ exactly what a user pays (interpreter, imports, a local Ray start) and leaves no
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import platform
@@ -109,6 +110,27 @@ def run_ganray(out: Path, name: str, overrides: list[str], *, preset: str = "mni
     run_dir = out / name
     return GanrayRun(run_dir, read_metrics(run_dir / "metrics.csv"),
                      json.loads((run_dir / "summary.json").read_text()), t0, seconds)
+
+
+def trial_startups(runs: Path) -> list[dict]:
+    """Each Tune trial's start-up from the timing.json in its run folder under `runs`, in start
+    order: {trial, breakdown (ganray.launch.startup_breakdown: from the trial function's entry),
+    first_step, ended (its metrics.csv's last write), metrics (that path)}."""
+    from ganray.launch import startup_breakdown
+
+    trials = []
+    for timing in runs.glob("*/timing.json"):
+        marks = json.loads(timing.read_text())
+        metrics = timing.parent / "metrics.csv"
+        trials.append({"trial": timing.parent.name, "breakdown": startup_breakdown(marks),
+                       "first_step": marks["first_step"], "ended": metrics.stat().st_mtime, "metrics": metrics})
+    return sorted(trials, key=lambda t: t["first_step"])
+
+
+def turnovers(trials: list[dict]) -> list[float]:
+    """Sequential trials: one trial's last metrics row -> the next trial's first step (Tune's own
+    scheduling and the previous trial's shutdown included)."""
+    return [b["first_step"] - a["ended"] for a, b in itertools.pairwise(trials)]
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -44,6 +44,8 @@ from common import (  # noqa: E402
     run_ganray,
     run_plain,
     steady,
+    trial_startups,
+    turnovers,
 )
 
 
@@ -215,8 +217,6 @@ def _first_step_after(run) -> float | None:
 
 
 def bench_tune(ctx: Ctx) -> list[Row]:
-    from ganray.launch import startup_breakdown
-
     s = ctx.size
     search = ctx.out / "search.yaml"
     search.write_text("space:\n  optim.lr_g: {grid: [0.0002, 0.0001]}\n")
@@ -231,22 +231,13 @@ def bench_tune(ctx: Ctx) -> list[Row]:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"ganray tune failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    trials = []
-    for timing in sorted((ctx.out / "tune").glob("**/timing.json")):
-        marks = json.loads(timing.read_text())
-        # A trial driver records no fit_start: count prepared -> worker_start as the worker group's start.
-        marks.setdefault("fit_start", marks.get("prepared"))
-        metrics = timing.parent / "metrics.csv"
-        breakdown = startup_breakdown(marks)  # from the trial function's entry (older runs: prepare_start)
-        trials.append({"trial": timing.parent.name, "start_to_first_step_s": breakdown["total_s"],
-                       "breakdown": breakdown,
-                       "first_step": marks["first_step"], "ended": metrics.stat().st_mtime,
-                       "img_per_s": steady(_rows(metrics), batch)["img_per_s"]})
-    trials.sort(key=lambda t: t["first_step"])
+    trials = [{**t, "start_to_first_step_s": t["breakdown"]["total_s"],
+               "img_per_s": steady(_rows(t.pop("metrics")), batch)["img_per_s"]}
+              for t in trial_startups(ctx.out / "tune" / "runs")]
     if not trials:
         raise RuntimeError("ganray tune wrote no timing.json under its trials' run folders")
     per_trial = sum(t["start_to_first_step_s"] for t in trials) / len(trials)
-    turnover = [b["first_step"] - a["ended"] for a, b in zip(trials, trials[1:])]
+    turnover = turnovers(trials)
     rate = ctx.details.get("default_img_per_s") or trials[-1]["img_per_s"]
     default_trial_s = DEFAULT_TRIAL_KIMG * 1000 / rate if rate else None
     ctx.details["tune"] = {"trials": trials, "turnover_s": turnover, "first_trial_after_cmd_s": trials[0]["first_step"] - t0,
@@ -256,7 +247,7 @@ def bench_tune(ctx: Ctx) -> list[Row]:
             Row("tune", f"  as a share of a default trial ({DEFAULT_TRIAL_KIMG:g} kimg)", frac, "", "<= 0.10",
                 None if frac is None else frac <= 0.10, f"trial trains ~{default_trial_s or 0:.0f} s at {rate or 0:.0f} img/s")]
     for phase in trials[0]["breakdown"]:
-        if phase not in ("total_s", "trainer_build_s"):
+        if phase != "total_s":
             mean = sum(t["breakdown"].get(phase, 0.0) for t in trials) / len(trials)
             rows.append(Row("tune", f"    {phase[:-2]} (mean)", mean, "s"))
     if turnover:

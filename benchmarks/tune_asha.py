@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import default_source, load_avg, machine  # noqa: E402
+from common import default_source, load_avg, machine, trial_startups, turnovers  # noqa: E402
 
 
 def search(kind: str, args, out: Path) -> dict:
@@ -52,23 +52,14 @@ def search(kind: str, args, out: Path) -> dict:
 
 
 def startup(runs: Path) -> dict:
-    """Trial start-up from each trial's timing.json: the trial function's entry -> its first
-    training step (mean and phases), and the turnover between sequential trials (previous trial's
-    last metrics row -> next trial's first step), which also counts Tune's own scheduling."""
-    from ganray.launch import startup_breakdown
-
-    trials = []
-    for timing in runs.glob("*/timing.json"):
-        marks = json.loads(timing.read_text())
-        marks.setdefault("fit_start", marks.get("prepared"))  # a trial driver records no fit_start
-        trials.append({"breakdown": startup_breakdown(marks), "first_step": marks["first_step"],
-                       "ended": (timing.parent / "metrics.csv").stat().st_mtime})
+    """Trial start-up (the trial function's entry -> its first training step): mean, range and
+    phases over the trials, and the mean turnover between sequential trials."""
+    trials = trial_startups(runs)
     if not trials:
         return {}
-    trials.sort(key=lambda t: t["first_step"])
     phases = {k: round(sum(t["breakdown"].get(k, 0.0) for t in trials) / len(trials), 2)
               for k in trials[0]["breakdown"]}
-    turnover = [b["first_step"] - a["ended"] for a, b in zip(trials, trials[1:])]
+    turnover = turnovers(trials)
     return {"mean_s": phases.pop("total_s"), "phases": phases,
             "min_s": min(t["breakdown"]["total_s"] for t in trials),
             "max_s": max(t["breakdown"]["total_s"] for t in trials),

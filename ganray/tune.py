@@ -9,10 +9,10 @@ each unfinished trial's Ray Train run from its own latest checkpoint.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
 
 from ganray.config import Config, ConfigError, from_dict, read_yaml_mapping
 
@@ -163,8 +163,6 @@ def trial_driver(config: dict, inputs=None) -> None:
     `inputs` (ganray.launch.SharedInputs): the dataset and evaluation statistics the experiment
     loaded once for all trials; None when the search space changes data or evaluation settings.
     """
-    import time
-
     t_entry = time.time()
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -180,7 +178,8 @@ def trial_driver(config: dict, inputs=None) -> None:
     # Resuming an errored or unfinished trial: Ray Train finds its snapshot under the same name.
     resume = (Path(cfg.run.out) / cfg.run.name).is_dir()
     p = prepare(cfg, resume=resume, inputs=inputs)
-    p.loop_config["startup_marks"]["trial_start"] = t_entry  # start-up counted from the trial's entry
+    marks = p.loop_config["startup_marks"]
+    marks["trial_start"] = t_entry  # start-up counted from the trial's entry
     (Path(p.run_dir)).mkdir(parents=True, exist_ok=True)
     (Path(p.run_dir) / "config.yaml").write_text(p.cfg.to_yaml())
     if config.get("__inprocess__"):
@@ -189,6 +188,9 @@ def trial_driver(config: dict, inputs=None) -> None:
         from ganray.session import TuneSession
         from ganray.train_loop import train_worker
 
+        marks["fit_start"] = time.time()
         train_worker(p.loop_config, session=TuneSession(p.dataset))
         return
-    build_trainer(p, callbacks=[TuneReportCallback()]).fit()
+    trainer = build_trainer(p, callbacks=[TuneReportCallback()])
+    marks["fit_start"] = time.time()
+    trainer.fit()

@@ -61,9 +61,25 @@ def test_trials_share_the_experiments_dataset_and_eval_statistics(experiment):
         # A real load (a Ray Data materialisation, a classifier, real statistics) takes >> 50 ms.
         assert phases["dataset_s"] < 0.05 and phases["eval_prepare_s"] < 0.05, phases
         assert "trial_imports_s" in phases  # start-up is counted from the trial function's entry
+        assert "worker_group_start_s" in phases and "trainer_build_s" in phases  # the trial marks fit_start
     assert shares_inputs(SEARCH["space"])
     assert not shares_inputs({"optim.lr_d": {"grid": [1e-4]}, "data.resolution": {"choice": [16, 32]}})
     assert not shares_inputs({"eval.fid_samples": {"choice": [256, 512]}})
+
+
+def test_benchmark_reads_each_trials_startup(experiment):
+    """benchmarks/common.trial_startups (used by run.py and tune_asha.py) on the 4 trials' run folders."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import trial_startups, turnovers
+
+    trials = trial_startups(experiment / "runs")
+    assert len(trials) == 4 and len(turnovers(trials)) == 3
+    assert [t["first_step"] for t in trials] == sorted(t["first_step"] for t in trials)
+    for t in trials:
+        assert 0 < t["breakdown"]["total_s"] < 300 and t["metrics"].name == "metrics.csv"
 
 
 def test_diverging_trial_stopped_early_with_reason(experiment):
