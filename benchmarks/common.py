@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -125,6 +126,19 @@ def trial_startups(runs: Path) -> list[dict]:
         trials.append({"trial": timing.parent.name, "breakdown": startup_breakdown(marks),
                        "first_step": marks["first_step"], "ended": metrics.stat().st_mtime, "metrics": metrics})
     return sorted(trials, key=lambda t: t["first_step"])
+
+
+def tune_created(exp_dir: Path) -> dict[str, float]:
+    """When Tune created each trial (epoch seconds, keyed by the run folder name ganray gives
+    it, e.g. "fa557_00000"), from the timestamp in Tune's own trial directory name
+    ("trial_driver_fa557_00000_0_..._2026-11-27_11-30-42", local time). The stamp is truncated
+    to the second, so half a second is added to centre it."""
+    created = {}
+    for d in exp_dir.glob("trial_driver_*"):
+        m = re.match(r"trial_driver_(\w+?_\d+)_\d+_.*_(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)$", d.name)
+        if m:
+            created[m.group(1)] = time.mktime(time.strptime(m.group(2), "%Y-%m-%d_%H-%M-%S")) + 0.5
+    return created
 
 
 def turnovers(trials: list[dict]) -> list[float]:

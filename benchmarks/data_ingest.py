@@ -3,10 +3,12 @@
     python benchmarks/data_ingest.py [--source ../shared/data/mnist] [--epochs 3] [--json out.json]
 
 Rows/s (median over epochs) of one process iterating the whole dataset in batches of 64
-(drop_last), after warm-up epochs. Baselines: a DataLoader over the uint8 array already converted to float [-1, 1] (the
-fastest possible in-memory case), shuffled or not. Ray rows: the load_dataset pipeline iterated
-directly, and through `streaming_split(1)` as Ray Train hands a shard to a worker, with and
-without a local shuffle buffer.
+(drop_last), after warm-up epochs. Baselines: a DataLoader over the uint8 array already converted
+to float [-1, 1] (the fastest possible in-memory case), shuffled or not. Ray rows: the load_dataset
+pipeline iterated directly, and through `streaming_split(1)` as Ray Train hands a shard to a
+worker, with and without a local shuffle buffer; and what a ganray worker runs: its driver-side
+split of the cached dataset read by `train_loop._batches` (Ray Data chunks of
+data.shuffle_buffer_rows rows cut into seeded batches in the worker).
 """
 
 from __future__ import annotations
@@ -81,6 +83,21 @@ def main() -> int:
         kw = {"local_shuffle_buffer_size": buf, "local_shuffle_seed": seed} if shuffle else {}
         return lambda: it.iter_torch_batches(batch_size=b, drop_last=True, **kw)
 
+    def ganray_iter(shuffle_rows: int):
+        """What a training worker runs: its driver-side split, read by train_loop._batches."""
+        import itertools
+
+        from ganray.config import mnist
+        from ganray.launch import worker_splits
+        from ganray.train_loop import _batches
+
+        c = mnist()
+        c.train.batch_size_per_worker, c.data.shuffle_buffer_rows = b, shuffle_rows
+        split = worker_splits(ds, 1)[0]
+        per_epoch = info.num_rows // b
+        return lambda: itertools.islice(
+            _batches(split.iterator(), c, 0, torch.device("cpu"), rows_per_rank=info.num_rows), per_epoch)
+
     def torch_iter(shuffle: bool):
         loader = torch_loader(x, y, b, shuffle)
         return lambda: iter(loader)
@@ -92,6 +109,8 @@ def main() -> int:
         ("ray Dataset.iter_torch_batches", f"local buffer {buf}", ray_iter(True, False)),
         ("ray streaming_split(1) shard", "none", ray_iter(False, True)),
         ("ray streaming_split(1) shard", f"local buffer {buf}", ray_iter(True, True)),
+        ("ganray worker (split + _batches)", "none", ganray_iter(0)),
+        ("ganray worker (split + _batches)", f"chunks of {buf}, seeded", ganray_iter(buf)),
     ]
     results = []
     for name, shuffle, make_iter in cases:

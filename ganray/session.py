@@ -31,7 +31,11 @@ class RayTrainSession:
     def get_checkpoint(self):
         return self._train.get_checkpoint()
 
-    def dataset_shard(self):
+    def dataset_shard(self, splits=None):
+        """This rank's data: its split of a cached dataset when the driver made them
+        (launch.worker_splits), else Ray Train's streaming split."""
+        if splits is not None:
+            return splits[self.rank].iterator()
         return self._train.get_dataset_shard("train")
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None) -> None:
@@ -58,7 +62,7 @@ class TuneSession:
     def get_checkpoint(self):
         return self._tune.get_checkpoint()
 
-    def dataset_shard(self):
+    def dataset_shard(self, splits=None):
         return self._dataset.iterator()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None) -> None:

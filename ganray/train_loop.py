@@ -46,8 +46,9 @@ def _batches(shard, cfg: Config, rank: int, device: torch.device, *, rows_per_ra
     is paid once per chunk (BENCHMARKS.md). A chunk's last partial batch is dropped.
 
     `consumed` batches are skipped first, so a resumed run continues mid-epoch exactly where
-    the interrupted one stopped (bit-exact with one worker; with several, Ray Data assigns
-    blocks to workers dynamically, so the split itself can differ between runs).
+    the interrupted one stopped: bit-exact with a cached dataset, whose splits the driver fixes;
+    a streaming dataset's blocks go to workers dynamically, so with several workers the split
+    itself can differ between runs.
     """
     B = cfg.train.batch_size_per_worker
     per_epoch = max(rows_per_rank // B, 1)
@@ -108,9 +109,9 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
 
     session = session or RayTrainSession()
     marks = {**loop_config.get("startup_marks", {}), "worker_start": time.time()}
-    # The shard first: on Ray Train this starts Ray Data's split coordinator (an actor process),
-    # which then starts up while this worker builds its models instead of after.
-    shard = session.dataset_shard()
+    # The shard first: for a streaming dataset this starts Ray Data's split coordinator (an actor
+    # process), which then starts up while this worker builds its models instead of after.
+    shard = session.dataset_shard(loop_config.get("dataset_splits"))
     cfg = from_dict(loop_config["config"])
     rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(int(loop_config.get("threads", 1)))

@@ -298,6 +298,31 @@ def test_ray_mnist_pipeline_matches_load_arrays(ray_session, mnist_dir):
 
 
 @pytest.mark.ray
+def test_cached_dataset_is_split_between_workers_on_the_driver(ray_session, mnist_dir):
+    from collections import Counter
+
+    from ganray.launch import worker_splits
+
+    def rows(ds) -> list[bytes]:
+        u8, labels = _collect(ds)
+        return [img.tobytes() + bytes([lab]) for img, lab in zip(u8, labels)]
+
+    data = cfg(mnist_dir, resolution=32)
+    ds, _ = load_dataset(data)
+    splits = worker_splits(ds, 3)
+    parts = [rows(s) for s in splits]
+    assert [len(p) for p in parts] == [3333] * 3  # equal; one row left over
+    # disjoint parts of the dataset (MNIST has duplicate digits: compare as multisets)
+    assert not Counter(sum(parts, [])) - Counter(rows(ds))
+    # the same rows per rank, in the same order, every time the dataset is loaded and split
+    again = [rows(s) for s in worker_splits(load_dataset(data)[0], 3)]
+    assert again == parts
+    # data too large to cache goes to Ray Train's streaming split instead
+    assert worker_splits(load_dataset(data, float_cache_max_bytes=0)[0], 2) is None
+    assert worker_splits(load_dataset(data, materialize_max_bytes=0)[0], 2) is None
+
+
+@pytest.mark.ray
 def test_ray_image_folder_and_parquet(ray_session, tmp_path):
     rng = np.random.default_rng(6)
     imgs = {"cat": [rand_u8(rng, 24, 24, 3) for _ in range(3)], "dog": [rand_u8(rng, 12, 20, 3) for _ in range(2)]}

@@ -380,8 +380,9 @@ def test_persistent_nans_fail_as_divergence(ray_session, tmp_path, monkeypatch, 
 def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
     """Same seed, one worker: the same batches (local shuffle buffer included), run after run.
 
-    Two datasets prepared as two runs would be (each `prepare` materialises its own), read by
-    one worker through TorchTrainer's dataset shards: one worker group start instead of two.
+    Two datasets prepared as two runs would be (each `prepare` materialises its own), split as
+    `build_trainer` splits them and read by one Ray Train worker: one worker group start
+    instead of two.
     Without preserve_order the materialised blocks follow task completion, so a regression shows
     up only when the tasks finish out of order (it did in 2 of our 4 tries on this machine);
     the first assertion checks the setting itself.
@@ -390,7 +391,7 @@ def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ganray.launch import _ordered, prepare
+    from ganray.launch import prepare, worker_splits
 
     runs = []
     for tag in ("a", "b"):
@@ -405,14 +406,14 @@ def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
 
         sums = {}
         for name in ("a", "b"):
-            it = _batches(ray.train.get_dataset_shard(name), from_dict(c["config"]), 0, torch.device("cpu"),
+            it = _batches(c["splits"][name][0].iterator(), from_dict(c["config"]), 0, torch.device("cpu"),
                           rows_per_rank=c["num_rows"])
             sums[name] = [float(next(it)[0].sum()) for _ in range(6)]
         Path(c["run_dir"], "batches.json").write_text(json.dumps(sums))
 
-    TorchTrainer(record, train_loop_config=runs[0].loop_config, scaling_config=ray.train.ScalingConfig(num_workers=1),
-                 datasets={"a": runs[0].dataset, "b": runs[1].dataset},
-                 dataset_config=ray.train.DataConfig(execution_options=_ordered()),
+    splits = {"a": worker_splits(runs[0].dataset, 1), "b": worker_splits(runs[1].dataset, 1)}
+    TorchTrainer(record, train_loop_config={**runs[0].loop_config, "splits": splits},
+                 scaling_config=ray.train.ScalingConfig(num_workers=1),
                  run_config=ray.train.RunConfig(name="a", storage_path=str(tmp_path))).fit()
     sums = json.loads((tmp_path / "a" / "batches.json").read_text())
     assert sums["a"] == sums["b"]

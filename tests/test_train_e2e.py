@@ -56,8 +56,10 @@ def test_sample_png_and_npz(digits_run, tmp_path):
 
 
 def test_resumed_run_matches_uninterrupted(ray_session, tmp_path):
-    """4 steps, stop, --resume to 8 steps == 8 steps straight (1 worker, same seed)."""
-    common = [*TINY, "--data", "digits", "--out", str(tmp_path), "--set", "train.checkpoint_every_kimg=0.064"]
+    """4 steps, stop, --resume to 8 steps == 8 steps straight (2 workers, same seed): each rank
+    reads the same fixed split of the cached data, from the same batch on."""
+    common = [*TINY, "--data", "digits", "--out", str(tmp_path), "--workers", "2",
+              "--set", "train.checkpoint_every_kimg=0.064"]
     assert main(["train", *common, "--name", "straight", "--steps", "8"]) == 0
     assert main(["train", *common, "--name", "resumed", "--steps", "4"]) == 0
     assert main(["train", *common, "--name", "resumed", "--steps", "8", "--resume"]) == 0

@@ -8,6 +8,7 @@ Shape of every pipeline:
                --materialize (when the floats fit FLOAT_CACHE_MAX_BYTES)
                --randomize_block_order(seed) (fixed, so runs and resumes see the same order; the
                per-epoch local shuffle seed in the training loop reshuffles rows each epoch)
+               --materialize (cached data only: the driver splits it between the workers)
 
 Decoding, resizing and scaling all run in Ray Data tasks, never on the training workers, whose
 only job is `iter_torch_batches`. Data too large to cache decoded streams instead (files shuffled
@@ -184,7 +185,9 @@ def load_dataset(
     if prep.plan is not None:  # Parquet rows may be sorted by class: shuffle them once
         decoded = decoded.random_shuffle(seed=SEED).materialize()
     if 4 * pixels <= (FLOAT_CACHE_MAX_BYTES if float_cache_max_bytes is None else float_cache_max_bytes):
-        ds = decoded.map_batches(**to_model).materialize().randomize_block_order(seed=SEED)
+        # Block order shuffled once (seeded) and kept: a MaterializedDataset, which the driver
+        # splits between the workers itself (launch.build_trainer).
+        ds = decoded.map_batches(**to_model).materialize().randomize_block_order(seed=SEED).materialize()
     else:
         ds = decoded.randomize_block_order(seed=SEED).map_batches(**to_model)
     return ds, _info(prep, data_cfg, skipped)
