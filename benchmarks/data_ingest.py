@@ -7,8 +7,8 @@ Rows/s (median over epochs) of one process iterating the whole dataset in batche
 to float [-1, 1] (the fastest possible in-memory case), shuffled or not. Ray rows: the load_dataset
 pipeline iterated directly, and through `streaming_split(1)` as Ray Train hands a shard to a
 worker, with and without a local shuffle buffer; and what a ganray worker runs: its driver-side
-split of the cached dataset read by `train_loop._batches` (Ray Data chunks of
-data.shuffle_buffer_rows rows cut into seeded batches in the worker).
+split of the cached dataset, read once through Ray Data by `train_loop._batches` and permuted in
+memory every epoch.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def main() -> int:
         return lambda: it.iter_torch_batches(batch_size=b, drop_last=True, **kw)
 
     def ganray_iter(shuffle_rows: int):
-        """What a training worker runs: its driver-side split, read by train_loop._batches."""
+        """What a training worker runs, epoch after epoch: its driver-side split, read once by
+        train_loop._batches and reshuffled in memory (the first, warm-up epoch reads it)."""
         import itertools
 
         from ganray.config import mnist
@@ -95,8 +96,8 @@ def main() -> int:
         c.train.batch_size_per_worker, c.data.shuffle_buffer_rows = b, shuffle_rows
         split = worker_splits(ds, 1)[0]
         per_epoch = info.num_rows // b
-        return lambda: itertools.islice(
-            _batches(split.iterator(), c, 0, torch.device("cpu"), rows_per_rank=info.num_rows), per_epoch)
+        endless = _batches(split.iterator(), c, 0, torch.device("cpu"), rows_per_rank=info.num_rows, in_memory=True)
+        return lambda: itertools.islice(endless, per_epoch)
 
     def torch_iter(shuffle: bool):
         loader = torch_loader(x, y, b, shuffle)
@@ -110,7 +111,7 @@ def main() -> int:
         ("ray streaming_split(1) shard", "none", ray_iter(False, True)),
         ("ray streaming_split(1) shard", f"local buffer {buf}", ray_iter(True, True)),
         ("ganray worker (split + _batches)", "none", ganray_iter(0)),
-        ("ganray worker (split + _batches)", f"chunks of {buf}, seeded", ganray_iter(buf)),
+        ("ganray worker (split + _batches)", "full, seeded per epoch", ganray_iter(buf)),
     ]
     results = []
     for name, shuffle, make_iter in cases:

@@ -294,11 +294,16 @@ def worker_splits(dataset, workers: int) -> list | None:
     training throughput (BENCHMARKS.md). Every rank also reads the same rows in every run, so a
     multi-worker resume continues exactly.
     """
-    from ray.data.dataset import MaterializedDataset
-
-    if not isinstance(dataset, MaterializedDataset):
+    if not is_cached(dataset):
         return None
     return dataset.split(workers, equal=True)
+
+
+def is_cached(dataset) -> bool:
+    """load_dataset returns a MaterializedDataset exactly when the float rows are cached."""
+    from ray.data.dataset import MaterializedDataset
+
+    return isinstance(dataset, MaterializedDataset)
 
 
 def _ordered():

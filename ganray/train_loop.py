@@ -37,13 +37,17 @@ def _noise_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
 
 
 def _batches(shard, cfg: Config, rank: int, device: torch.device, *, rows_per_rank: int,
-             consumed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (real, labels) batches; each epoch reshuffled with a seed from the run seed.
+             consumed: int = 0, in_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (real, labels) batches; each epoch reshuffled with a seed from the run seed
+    (data.shuffle_buffer_rows=0: no shuffling).
 
-    Ray Data hands over chunks of data.shuffle_buffer_rows rows (rounded up to whole batches)
-    and each chunk is cut into batches in a seeded random order: a local shuffle like Ray's
-    `local_shuffle_buffer_size`, at a quarter of its CPU per batch, since Ray's per-batch cost
-    is paid once per chunk (BENCHMARKS.md). A chunk's last partial batch is dropped.
+    `in_memory` (a cached dataset's fixed split): the worker reads its split once through Ray
+    Data and every epoch is a full seeded permutation of it, so an epoch costs one randperm and
+    an index_select per batch instead of a Ray Data iteration (BENCHMARKS.md, ingest). Streaming
+    data: Ray Data hands over chunks of data.shuffle_buffer_rows rows (rounded up to whole
+    batches), each cut into batches in a seeded random order: a local shuffle like Ray's
+    `local_shuffle_buffer_size`, at a quarter of its CPU per batch. A chunk's (or split's) last
+    partial batch is dropped.
 
     `consumed` batches are skipped first, so a resumed run continues mid-epoch exactly where
     the interrupted one stopped: bit-exact with a cached dataset, whose splits the driver fixes;
@@ -51,9 +55,12 @@ def _batches(shard, cfg: Config, rank: int, device: torch.device, *, rows_per_ra
     itself can differ between runs.
     """
     B = cfg.train.batch_size_per_worker
+    shuffle = cfg.data.shuffle_buffer_rows > 0
+    if in_memory:
+        yield from _in_memory_batches(*_read_split(shard, device), cfg, rank, device, consumed)
+        return
     per_epoch = max(rows_per_rank // B, 1)
     epoch, skip = divmod(consumed, per_epoch)
-    shuffle = cfg.data.shuffle_buffer_rows > 0
     chunk = max(1, math.ceil(cfg.data.shuffle_buffer_rows / B)) * B
     while True:
         gen = torch.Generator().manual_seed(_noise_seed(cfg.train.seed, rank, epoch, stream=1))
@@ -73,10 +80,46 @@ def _batches(shard, cfg: Config, rank: int, device: torch.device, *, rows_per_ra
                 idx = order[i : i + B]
                 yield image.index_select(0, idx), label.index_select(0, idx)
         if not got:
-            raise RuntimeError(
-                f"worker {rank} received no full batch of {B} images: "
-                "the dataset is smaller than workers x batch_size_per_worker"
-            )
+            _no_full_batch(rank, B)
+        epoch += 1
+
+
+def _no_full_batch(rank: int, B: int):
+    raise RuntimeError(f"worker {rank} received no full batch of {B} images: "
+                       "the dataset is smaller than workers x batch_size_per_worker")
+
+
+def _read_split(shard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cached dataset's split (at most FLOAT_CACHE_MAX_BYTES / workers), read once through Ray
+    Data into one image and one label tensor on `device`."""
+    import numpy as np
+
+    images, labels = [], []
+    for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        images.append(block["image"])
+        labels.append(block["label"])
+    if not images:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+    return torch.from_numpy(np.concatenate(images)).to(device), torch.from_numpy(np.concatenate(labels)).to(device)
+
+
+def _in_memory_batches(image: torch.Tensor, label: torch.Tensor, cfg: Config, rank: int, device: torch.device,
+                       consumed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    B = cfg.train.batch_size_per_worker
+    per_epoch = len(image) // B
+    if per_epoch == 0:
+        _no_full_batch(rank, B)
+    epoch, skip = divmod(consumed, per_epoch)
+    shuffle = cfg.data.shuffle_buffer_rows > 0
+    while True:
+        gen = torch.Generator().manual_seed(_noise_seed(cfg.train.seed, rank, epoch, stream=1))
+        order = torch.randperm(len(image), generator=gen) if shuffle else torch.arange(len(image))
+        if device.type == "cuda":
+            order = order.pin_memory().to(device, non_blocking=True)  # no host sync
+        for i in range(skip * B, per_epoch * B, B):
+            idx = order[i : i + B]
+            yield image.index_select(0, idx), label.index_select(0, idx)
+        skip = 0
         epoch += 1
 
 
@@ -137,8 +180,8 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         _record_workers(None, world)
     evaluator = _make_evaluator(cfg, loop_config, device)
 
-    batches = _batches(shard, cfg, rank, device,
-                       rows_per_rank=loop_config.get("num_rows", 0) // world, consumed=st.step * cfg.optim.d_steps)
+    batches = _batches(shard, cfg, rank, device, rows_per_rank=loop_config.get("num_rows", 0) // world,
+                       consumed=st.step * cfg.optim.d_steps, in_memory=session.in_memory(loop_config))
     B, conditional = cfg.train.batch_size_per_worker, cfg.model.conditional
     images_per_step = B * world * cfg.optim.d_steps
     total_steps = _total_steps(cfg, world)

@@ -407,7 +407,7 @@ def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
         sums = {}
         for name in ("a", "b"):
             it = _batches(c["splits"][name][0].iterator(), from_dict(c["config"]), 0, torch.device("cpu"),
-                          rows_per_rank=c["num_rows"])
+                          rows_per_rank=c["num_rows"], in_memory=True)
             sums[name] = [float(next(it)[0].sum()) for _ in range(6)]
         Path(c["run_dir"], "batches.json").write_text(json.dumps(sums))
 
