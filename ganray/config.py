@@ -31,7 +31,8 @@ class DataConfig(_Section):
     # None: inferred from the labels in the data (max label + 1)
     num_classes: int | None = Field(None, ge=1, le=10_000)
     skip_bad_images: bool = False
-    # Local shuffle buffer (rows) used when iterating a worker's shard; 0 disables it.
+    # Rows shuffled together when a worker streams its shard (data too large to cache); a cached
+    # dataset's split is fully permuted every epoch instead. 0: no shuffling at all.
     shuffle_buffer_rows: int = Field(4096, ge=0)
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -375,6 +376,47 @@ def test_persistent_nans_fail_as_divergence(ray_session, tmp_path, monkeypatch, 
     assert rc == 1 and "training diverged" in err and "after 1 rollback(s)" in err, err
     assert _steps(tmp_path / "d") == [2, 4]
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "failed"
+
+
+class _Blocks:
+    """A cached split as a worker sees it: Ray Data blocks of numpy rows (row i holds the value i)."""
+
+    def __init__(self, n: int, block: int = 7):
+        self.rows = np.arange(n, dtype=np.float32)
+        self.block = block
+
+    def iter_batches(self, batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for i in range(0, len(self.rows), self.block):
+            x = self.rows[i : i + self.block]
+            yield {"image": x[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32), "label": x.astype(np.int64)}
+
+
+def test_in_memory_epochs_are_seeded_full_permutations_and_resume_mid_epoch():
+    from ganray.train_loop import _batches
+
+    cfg = debug()
+    cfg.train.batch_size_per_worker = 8
+    n, B = 100, 8  # 12 batches an epoch; the 4 rows left over differ from epoch to epoch
+
+    def labels(consumed=0, rank=0, count=36):
+        it = _batches(_Blocks(n), cfg, rank, torch.device("cpu"), rows_per_rank=n, consumed=consumed, in_memory=True)
+        out = []
+        for _ in range(count):
+            image, label = next(it)
+            assert image.shape == (B, 1, 2, 2) and torch.equal(image[:, 0, 0, 0].long(), label)
+            out.append(label.tolist())
+        return out
+
+    run = labels()
+    epochs = [sum(run[e * 12 : (e + 1) * 12], []) for e in range(3)]
+    for rows in epochs:  # each epoch: 96 distinct rows of the split, in a shuffled order
+        assert len(set(rows)) == 96 and set(rows) <= set(range(n)) and rows != sorted(rows)
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert labels() == run  # seeded
+    assert labels(rank=1) != run  # each rank its own order
+    assert labels(consumed=17, count=19) == run[17:]  # a resume continues mid-epoch, exactly
+    cfg.data.shuffle_buffer_rows = 0
+    assert sum(labels(count=12), []) == list(range(96))  # no shuffling: the split in order
 
 
 def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):

@@ -7,11 +7,12 @@ Shape of every pipeline:
                --map_batches(to_model_batch)--> "image" float32 N x C x H x W in [-1, 1], "label" int64
                --materialize (when the floats fit FLOAT_CACHE_MAX_BYTES)
                --randomize_block_order(seed) (fixed, so runs and resumes see the same order; the
-               per-epoch local shuffle seed in the training loop reshuffles rows each epoch)
-               --materialize (cached data only: the driver splits it between the workers)
+               training loop reshuffles rows every epoch with a seed of its own)
+               --materialize (cached data only: the driver splits it between the workers, each
+               of which reads its split once)
 
 Decoding, resizing and scaling all run in Ray Data tasks, never on the training workers, whose
-only job is `iter_torch_batches`. Data too large to cache decoded streams instead (files shuffled
+only job is reading batches. Data too large to cache decoded streams instead (files shuffled
 per epoch): bad files then surface, by name, or are skipped while iterating.
 """
 
