@@ -294,16 +294,11 @@ def worker_splits(dataset, workers: int) -> list | None:
     in-memory epochs, BENCHMARKS.md). Every rank also reads the same rows in every run, so a
     multi-worker resume continues exactly.
     """
+    from ganray.data import is_cached
+
     if not is_cached(dataset):
         return None
     return dataset.split(workers, equal=True)
-
-
-def is_cached(dataset) -> bool:
-    """load_dataset returns a MaterializedDataset exactly when the float rows are cached."""
-    from ray.data.dataset import MaterializedDataset
-
-    return isinstance(dataset, MaterializedDataset)
 
 
 def _ordered():

@@ -35,14 +35,8 @@ class RayTrainSession:
         """This rank's data: its split of a cached dataset when the driver made them
         (launch.worker_splits), else Ray Train's streaming split."""
         if splits is not None:
-            return splits[self.rank].iterator()
+            return splits[self.rank]
         return self._train.get_dataset_shard("train")
-
-    @staticmethod
-    def in_memory(loop_config: dict[str, Any]) -> bool:
-        """Whether this rank's data is a fixed split of a cached dataset (read once, then
-        reshuffled in memory every epoch)."""
-        return loop_config.get("dataset_splits") is not None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None) -> None:
         if name is None:
@@ -69,12 +63,7 @@ class TuneSession:
         return self._tune.get_checkpoint()
 
     def dataset_shard(self, splits=None):
-        return self._dataset.iterator()
-
-    def in_memory(self, loop_config: dict[str, Any]) -> bool:
-        from ganray.launch import is_cached
-
-        return is_cached(self._dataset)
+        return self._dataset
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None) -> None:
         from ray.tune import Checkpoint

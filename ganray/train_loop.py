@@ -20,6 +20,7 @@ from ganray import checkpoint as ckpt_io
 from ganray import dist, faults
 from ganray.augment import diff_augment
 from ganray.config import Config, from_dict
+from ganray.data import is_cached
 from ganray.runfolder import RunFolder, image_grid, to_uint8
 from ganray.state import TrainState, build_state
 from ganray.steps import Precision, lr_factor, train_step
@@ -180,7 +181,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
     evaluator = _make_evaluator(cfg, loop_config, device)
 
     batches = _batches(shard, cfg, rank, device, rows_per_rank=loop_config.get("num_rows", 0) // world,
-                       consumed=st.step * cfg.optim.d_steps, in_memory=session.in_memory(loop_config))
+                       consumed=st.step * cfg.optim.d_steps, in_memory=is_cached(shard))
     B, conditional = cfg.train.batch_size_per_worker, cfg.model.conditional
     images_per_step = B * world * cfg.optim.d_steps
     total_steps = _total_steps(cfg, world)

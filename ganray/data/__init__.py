@@ -8,7 +8,7 @@ files (image folders, Parquet), sources (detection, label checks), pipeline (Ray
 """
 
 from ganray.data.core import DataError, DatasetInfo
-from ganray.data.pipeline import load_arrays, load_dataset
+from ganray.data.pipeline import is_cached, load_arrays, load_dataset
 from ganray.data.sources import detect_kind
 
-__all__ = ["DataError", "DatasetInfo", "detect_kind", "load_arrays", "load_dataset"]
+__all__ = ["DataError", "DatasetInfo", "detect_kind", "is_cached", "load_arrays", "load_dataset"]

@@ -194,6 +194,14 @@ def load_dataset(
     return ds, _info(prep, data_cfg, skipped)
 
 
+def is_cached(dataset) -> bool:
+    """Whether a load_dataset result (or a split of one) holds cached rows: it is a
+    MaterializedDataset exactly then."""
+    from ray.data.dataset import MaterializedDataset
+
+    return isinstance(dataset, MaterializedDataset)
+
+
 # --- load_arrays ---
 
 
