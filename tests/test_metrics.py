@@ -60,6 +60,22 @@ def test_fid_near_singular_covariances_are_real_and_finite():
     assert frechet_distance(np.zeros(d), np.zeros((d, d)), np.zeros(d), s2) == pytest.approx(np.trace(s2))
 
 
+def test_fid_fast_and_pivoted_paths_agree():
+    """Positive definite inputs take two Cholesky factors; singular ones the pivoted path."""
+    from ganray.metrics import fid
+
+    rng = np.random.default_rng(5)
+    _, s1 = _gaussian_stats(rng, 400, 48)
+    _, s2 = _gaussian_stats(rng, 400, 48, scale=1.3)
+    fast = fid._trace_sqrt_definite(s1, s2)
+    assert fast is not None and fast == pytest.approx(fid._trace_sqrt_pivoted(s1, s2), rel=1e-12)
+    singular = np.cov(rng.standard_normal((20, 48)), rowvar=False)  # rank 19
+    assert fid._trace_sqrt_definite(singular, s2) is None and fid._trace_sqrt_definite(s2, singular) is None
+    ref = np.trace(scipy.linalg.sqrtm(singular @ s2)).real
+    assert fid.trace_sqrt_product(s2, singular) == pytest.approx(ref, rel=1e-6)
+    assert fid.trace_sqrt_product(singular, s2) == pytest.approx(ref, rel=1e-6)
+
+
 def test_fid_rejects_bad_shapes_and_nan():
     with pytest.raises(ValueError, match="sigma2 has shape"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))

@@ -4,14 +4,17 @@
 
 The textbook code takes scipy.linalg.sqrtm(S1 S2), which is slow (tens of seconds at d = 2048
 on two cores) and returns complex parts or NaN when S1 S2 is near-singular. Here the trace
-term comes from a symmetric PSD matrix instead:
+term comes from the eigenvalues of a symmetric PSD matrix instead. When both covariances are
+positive definite (the usual case with more samples than dimensions):
 
-    S1 = B^T B (pivoted Cholesky, rank r)  =>  eig(S1 S2) \\ {0} = eig(B S2 B^T)  (r x r, PSD),
+    S1 = L L^T, S2 = K K^T (Cholesky), C = K^T L  =>  eig(S1 S2) = eig(L^T S2 L) = eig(C^T C),
 
-so tr((S1 S2)^(1/2)) = sum sqrt(eigvalsh(B S2 B^T)), with tiny negative eigenvalues from
-rounding clipped to zero. Pivoted Cholesky (LAPACK ?pstrf) handles rank-deficient S1 (fewer
-samples than dimensions, dead ReLU units) without jitter, and eigenvalues alone are much
-cheaper than the eigenvectors a matrix square root needs.
+so tr((S1 S2)^(1/2)) = sum sqrt(eigvalsh(C^T C)): two Cholesky factorisations, one triangular
+product and one symmetric rank-k update, then eigenvalues only (no eigenvectors, which a
+matrix square root needs). When S1 or S2 is singular (fewer samples than dimensions, dead ReLU
+units), S1 = B^T B comes from a pivoted Cholesky of rank r (LAPACK ?pstrf, no jitter) and the
+r x r matrix B S2 B^T takes C^T C's place. Tiny negative eigenvalues from rounding are clipped
+to zero.
 """
 
 from __future__ import annotations
@@ -42,21 +45,40 @@ def _factor(sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return np.triu(c), piv - 1, int(rank)
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr((sigma1 sigma2)^(1/2)) for symmetric PSD inputs, real by construction."""
+def _sqrt_eigenvalue_sum(m: np.ndarray, lower: bool) -> float:
+    """sum sqrt(eigenvalues) of symmetric PSD m, read from one triangle (m is overwritten)."""
+    eig = scipy.linalg.eigh(m, lower=lower, eigvals_only=True, driver="evd", overwrite_a=True,
+                            check_finite=False)
+    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+
+
+def _trace_sqrt_definite(sigma1: np.ndarray, sigma2: np.ndarray) -> float | None:
+    """The fast path for positive definite sigma1 and sigma2; None when either is not."""
+    L, info1 = lapack.dpotrf(sigma1, lower=1, clean=1)
+    if info1 != 0:
+        return None
+    K, info2 = lapack.dpotrf(sigma2, lower=1, clean=1)
+    if info2 != 0:
+        return None
+    C = blas.dtrmm(1.0, L, K.T, side=1, lower=1)  # K^T L, L triangular: half a general product's flops
+    M = blas.dsyrk(1.0, C, trans=1, lower=0)  # upper triangle of C^T C = L^T S2 L
+    return _sqrt_eigenvalue_sum(M, lower=False)
+
+
+def _trace_sqrt_pivoted(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Any symmetric PSD inputs, rank-deficient ones included."""
     U, p, r = _factor(sigma1)
     if r == 0:
         return 0.0
-    S = sigma2[np.ix_(p, p)]  # sigma2 in sigma1's pivot order
-    if r == U.shape[0]:
-        # Full rank: two triangular products, half the flops of general matmuls.
-        US = blas.dtrmm(1.0, U, S, side=0, lower=0)
-        M = blas.dtrmm(1.0, U, US, side=1, lower=0, trans_a=1)  # U S U^T
-    else:
-        Ur = U[:r]  # r x d
-        M = Ur @ S @ Ur.T
-    eig = scipy.linalg.eigh((M + M.T) / 2, eigvals_only=True, driver="evr", check_finite=False)
-    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    Ur = U[:r]  # r x d, sigma1[p][:, p] = Ur^T Ur
+    M = Ur @ sigma2[np.ix_(p, p)] @ Ur.T
+    return _sqrt_eigenvalue_sum((M + M.T) / 2, lower=True)
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr((sigma1 sigma2)^(1/2)) for symmetric PSD inputs, real by construction."""
+    value = _trace_sqrt_definite(sigma1, sigma2)
+    return _trace_sqrt_pivoted(sigma1, sigma2) if value is None else value
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
