@@ -95,7 +95,7 @@ def inception_net(weights: str | None = None, device: str | torch.device = "cpu"
 def _ensure_classifier(path: Path, dataset_fingerprint: str | None, labelled, log) -> None:
     """Train and cache the classifier on rank 0 when missing; every rank waits for the file."""
     if not path.is_file():
-        if labelled is None or labelled.labels is None:
+        if labelled is None or not labelled.has_labels:
             raise clf.ClassifierError(
                 f"no evaluation classifier for dataset {dataset_fingerprint} at {path}; train one with "
                 "`ganray evaluator fit --data SOURCE`, or set eval.features to inception or none"
@@ -115,7 +115,7 @@ def resolve_kind(eval_cfg, dataset_fingerprint: str | None, labelled=None) -> st
     kind = eval_cfg.features
     if kind != "auto":
         return kind
-    has_labels = labelled is not None and labelled.labels is not None
+    has_labels = labelled is not None and labelled.has_labels
     cached = dataset_fingerprint is not None and clf.default_classifier_path(cache_dir(eval_cfg), dataset_fingerprint).is_file()
     if eval_cfg.classifier_path or has_labels or cached:
         return "classifier"

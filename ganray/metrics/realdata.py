@@ -40,8 +40,41 @@ class RealData:
         u8 = self.pixels if index is None else self.pixels[np.asarray(index)]
         return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
     def label_tensor(self) -> torch.Tensor | None:
         return None if self.labels is None else torch.from_numpy(np.asarray(self.labels, np.int64))
+
+
+class LazyRealData:
+    """A RealData read on first use of its pixels or labels.
+
+    Its identity (fingerprint, size, whether it has labels) comes from the training pipeline's
+    DatasetInfo, so a run whose classifier and real statistics are cached never decodes the
+    real images a second time on the driver.
+    """
+
+    def __init__(self, data_cfg, info):
+        self.fingerprint, self.source = info.fingerprint, data_cfg.source
+        self.resolution, self.channels = info.resolution, info.channels
+        self.num_classes = info.num_classes
+        self.has_labels = info.num_classes is not None
+        self._cfg, self._real = data_cfg, None
+
+    def load(self) -> RealData:
+        if self._real is None:
+            self._real = load_real_data(self._cfg)
+            if self._real.fingerprint != self.fingerprint:
+                raise RuntimeError(f"data.source {self.source!r} changed while the run started")
+        return self._real
+
+    def __len__(self) -> int:
+        return len(self.load())
+
+    def __getattr__(self, name: str):  # pixels, labels, images(), label_tensor()
+        return getattr(self.load(), name)
 
 
 def load_real_data(data_cfg, max_rows: int | None = None) -> RealData:

@@ -22,13 +22,15 @@ def prepare_eval(cfg: Config, info) -> dict[str, Any] | None:
     import ray
 
     from ganray.metrics import build_feature_net, cache_dir, real_stats
-    from ganray.metrics.realdata import load_real_data
+    from ganray.metrics.realdata import LazyRealData
 
     if cfg.eval.features == "none":
         return None
-    real = load_real_data(cfg.data)  # labels train the classifier; a random subset gives the statistics
+    # Read only if the classifier (trained on the labels) or the real statistics (a random
+    # subset's features) are not cached yet.
+    real = LazyRealData(cfg.data, info)
     net = build_feature_net(cfg.eval, cfg.data.resolution, cfg.data.channels, real.fingerprint,
-                            labelled=real if real.labels is not None else None, log=_log)
+                            labelled=real if real.has_labels else None, log=_log)
     if net is None:
         return None
     if cfg.eval.fid_samples < 2048:
