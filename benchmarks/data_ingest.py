@@ -6,8 +6,9 @@ Rows/s (median over epochs) of one process iterating the whole dataset in batche
 (drop_last), after warm-up epochs. Baselines: a DataLoader over the uint8 array already converted
 to float [-1, 1] (the fastest possible in-memory case), shuffled or not. Ray rows: the load_dataset
 pipeline iterated directly, and through `streaming_split(1)` as Ray Train hands a shard to a
-worker, with and without a local shuffle buffer; and what a ganray worker runs: its driver-side
-split of the cached dataset, read once through Ray Data by `train_loop._batches` and permuted in
+worker, with and without a local shuffle buffer (on the float rows materialised as a file
+source's are); and what a ganray worker runs: its driver-side split of the cached rows
+(CachedRows for in-memory arrays like MNIST), read once by `train_loop._batches` and permuted in
 memory every epoch.
 """
 
@@ -75,11 +76,14 @@ def main() -> int:
     t0 = time.perf_counter()
     ds, info = load_dataset(cfg)
     t_dataset = time.perf_counter() - t0
+    # Ray Data's own iteration, on the float rows materialised as a file source's would be
+    # (in-memory arrays like MNIST's skip Ray Data in training: CachedRows)
+    ray_ds = load_dataset(cfg, float_cache_max_bytes=0)[0].materialize()
 
     b, buf, seed = args.batch, args.shuffle_buffer, 0
 
     def ray_iter(shuffle: bool, split: bool):
-        it = ds.streaming_split(1, equal=True)[0] if split else ds
+        it = ray_ds.streaming_split(1, equal=True)[0] if split else ray_ds
         kw = {"local_shuffle_buffer_size": buf, "local_shuffle_seed": seed} if shuffle else {}
         return lambda: it.iter_torch_batches(batch_size=b, drop_last=True, **kw)
 
@@ -96,7 +100,7 @@ def main() -> int:
         c.train.batch_size_per_worker, c.data.shuffle_buffer_rows = b, shuffle_rows
         split = worker_splits(ds, 1)[0]
         per_epoch = info.num_rows // b
-        endless = _batches(split.iterator(), c, 0, torch.device("cpu"), rows_per_rank=info.num_rows, in_memory=True)
+        endless = _batches(split, c, 0, torch.device("cpu"), rows_per_rank=info.num_rows, in_memory=True)
         return lambda: itertools.islice(endless, per_epoch)
 
     def torch_iter(shuffle: bool):

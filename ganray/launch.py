@@ -284,9 +284,9 @@ def build_trainer(p: Prepared, *, callbacks=()):
 
 
 def worker_splits(dataset, workers: int) -> list | None:
-    """Each worker's part of a cached (materialised) dataset: `workers` equal, disjoint splits,
-    made here on the driver and handed over in the loop config; None for a streaming dataset,
-    which goes to Ray Train's own streaming split.
+    """Each worker's part of cached data (CachedRows or a MaterializedDataset, data.is_cached):
+    `workers` equal, disjoint splits, made here on the driver and handed over in the loop
+    config; None for a streaming dataset, which goes to Ray Train's own streaming split.
 
     A fixed split starts no process and costs nothing per epoch, where Ray Train's `datasets=`
     starts Ray Data's split coordinator, an actor that imports Ray Data and runs a streaming
@@ -295,10 +295,11 @@ def worker_splits(dataset, workers: int) -> list | None:
     multi-worker resume continues exactly.
     """
     from ganray.data import is_cached
+    from ganray.data.rows import CachedRows
 
     if not is_cached(dataset):
         return None
-    return dataset.split(workers, equal=True)
+    return dataset.split(workers) if isinstance(dataset, CachedRows) else dataset.split(workers, equal=True)
 
 
 def _ordered():

@@ -21,6 +21,7 @@ from ganray import dist, faults
 from ganray.augment import diff_augment
 from ganray.config import Config, from_dict
 from ganray.data import is_cached
+from ganray.data.rows import CachedRows
 from ganray.runfolder import RunFolder, image_grid, to_uint8
 from ganray.state import TrainState, build_state
 from ganray.steps import Precision, lr_factor, train_step
@@ -91,16 +92,21 @@ def _no_full_batch(rank: int, B: int):
 
 
 def _read_split(shard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A cached dataset's split (at most data.pipeline.FLOAT_CACHE_MAX_BYTES / workers), read
-    once through Ray Data into one image and one label tensor on `device` (the GPU's memory when
-    training on one: no host-to-device copy per step)."""
-    images, labels = [], []
-    for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-        images.append(block["image"])
-        labels.append(block["label"])
-    if not images:
-        return torch.empty(0), torch.empty(0, dtype=torch.int64)
-    return torch.from_numpy(np.concatenate(images)).to(device), torch.from_numpy(np.concatenate(labels)).to(device)
+    """A cached split (at most data.pipeline.FLOAT_CACHE_MAX_BYTES / workers), read once into
+    one image and one label tensor on `device` (the GPU's memory when training on one: no
+    host-to-device copy per step): CachedRows from the object store, a MaterializedDataset
+    through Ray Data."""
+    if isinstance(shard, CachedRows):
+        image, label = shard.read()
+    else:
+        images, labels = [], []
+        for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            images.append(block["image"])
+            labels.append(block["label"])
+        if not images:
+            return torch.empty(0), torch.empty(0, dtype=torch.int64)
+        image, label = np.concatenate(images), np.concatenate(labels)
+    return torch.from_numpy(image).to(device), torch.from_numpy(label).to(device)
 
 
 def _in_memory_batches(image: torch.Tensor, label: torch.Tensor, cfg: Config, rank: int, device: torch.device,

@@ -15,11 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from ganray.config import DataConfig
-from ganray.data import DataError, DatasetInfo, detect_kind, load_arrays, load_dataset
+from ganray.data import CachedRows, DataError, DatasetInfo, detect_kind, is_cached, load_arrays, load_dataset
 from ganray.data.decode import decode_image, to_float
+from ganray.data.rows import cache_rows
 
 MNIST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # from shared/data/mnist/README.md
 MNIST_MD5 = "2646ac647ad5339dbf082846283269ea"  # md5 of the uncompressed t10k images file
@@ -264,14 +266,15 @@ def _sorted_rows(u8: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _collect(ds) -> tuple[np.ndarray, np.ndarray]:
-    """All rows of a load_dataset Dataset back as uint8 NHWC (exact inverse of the scaling)."""
-    images, labels = [], []
-    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        images.append(b["image"])
-        labels.append(b["label"])
-    x = np.concatenate(images)
+    """All rows of a load_dataset result back as uint8 NHWC (exact inverse of the scaling)."""
+    from ganray.train_loop import _read_split
+
+    image, label = _read_split(ds, torch.device("cpu"))  # what a worker reads: CachedRows or Ray Data
+    assert image.dtype == torch.float32 and label.dtype == torch.int64
+    x = image.numpy()
+    assert len(x) == 0 or (x.min() >= -1 and x.max() <= 1)
     u8 = np.rint((x + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
-    return u8, np.concatenate(labels)
+    return u8, label.numpy()
 
 
 @pytest.mark.ray
@@ -279,22 +282,38 @@ def test_ray_mnist_pipeline_matches_load_arrays(ray_session, mnist_dir):
     data = cfg(mnist_dir, resolution=32)
     ds, info = load_dataset(data)
     assert info == load_arrays(data, limit=1)[2]
-    assert info.num_rows == 10_000 and ds.count() == 10_000
-    schema = ds.schema()
-    assert set(schema.names) == {"image", "label"}
+    assert isinstance(ds, CachedRows)  # in-memory arrays whose floats fit the cache: no Ray Data
+    assert info.num_rows == 10_000 and len(ds) == 10_000
     u8, labels = _collect(ds)
+    assert u8.shape == (10_000, 32, 32, 1)
     assert np.bincount(labels).tolist() == MNIST_COUNTS
     x, y, _ = load_arrays(data)
     a, b = _sorted_rows(u8, labels), _sorted_rows(x, y)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    # the lead's per-worker iterator: shuffled, fixed-size torch batches in [-1, 1]
-    batches = list(ds.iter_torch_batches(batch_size=64, drop_last=True, local_shuffle_buffer_size=1024,
-                                         local_shuffle_seed=0))
-    assert len(batches) == 10_000 // 64
-    first = batches[0]
-    assert tuple(first["image"].shape) == (64, 1, 32, 32) and str(first["image"].dtype) == "torch.float32"
-    assert str(first["label"].dtype) == "torch.int64"
-    assert first["image"].min() >= -1 and first["image"].max() <= 1
+    assert not np.array_equal(labels[:100], y[:100])  # rows are in the seeded permutation, not source order
+    # too large to cache as floats: the same rows through Ray Data, streaming
+    streaming, _ = load_dataset(data, float_cache_max_bytes=0)
+    assert not is_cached(streaming)
+    c = _sorted_rows(*_collect(streaming.materialize()))
+    assert np.array_equal(c[0], a[0]) and np.array_equal(c[1], a[1])
+
+
+@pytest.mark.ray
+def test_cached_rows_split_and_read_across_block_boundaries(ray_session):
+    blocks = [(np.full((n, 1, 2, 2), i, np.float32), np.arange(n) + 10 * i) for i, n in enumerate((3, 5, 2))]
+    rows = cache_rows(blocks)
+    assert len(rows) == 10 and rows.counts == (3, 5, 2)
+    all_labels = np.concatenate([b[1] for b in blocks])
+    parts = rows.split(3)  # 3 rows each, the last row left out
+    assert [len(p) for p in parts] == [3, 3, 3]
+    for i, part in enumerate(parts):
+        image, label = part.read()
+        assert label.tolist() == all_labels[3 * i : 3 * i + 3].tolist()
+        assert image.shape == (3, 1, 2, 2) and image[:, 0, 0, 0].tolist() == [lab // 10 for lab in label]
+    assert [p.read()[1].tolist() for p in parts[1].split(2)] == [[10], [11]]  # a split of a split
+    assert len(rows.split(20)[0]) == 0 and rows.split(20)[0].read()[0].shape == (0, 1, 2, 2)
+    with pytest.raises(ValueError, match="3 images and 2 labels"):
+        cache_rows([(np.zeros((3, 1, 2, 2), np.float32), np.zeros(2))])
 
 
 @pytest.mark.ray
@@ -334,6 +353,14 @@ def test_ray_image_folder_and_parquet(ray_session, tmp_path):
     x, y, _ = load_arrays(data)
     a, b = _sorted_rows(u8, labels), _sorted_rows(x, y)
     assert np.array_equal(a[0], b[0]) and sorted(labels.tolist()) == [0, 0, 0, 1, 1]
+    # decoded files are cached in Ray Data and split on the driver too: equal, disjoint parts
+    from ganray.launch import worker_splits
+
+    assert is_cached(ds) and not isinstance(ds, CachedRows)
+    parts = [_collect(split) for split in worker_splits(ds, 2)]
+    assert [len(p[1]) for p in parts] == [2, 2]
+    together = _sorted_rows(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    assert sum(any(np.array_equal(row, r) for r in together[0]) for row in a[0]) == 4
 
     enc = [png_bytes(a) for a in imgs["cat"] + imgs["dog"]]
     pq.write_table(pa.table({"image": enc, "label": [0, 0, 0, 1, 1]}), tmp_path / "pets.parquet")

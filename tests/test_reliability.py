@@ -435,9 +435,17 @@ def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
 
     from ganray.launch import prepare, worker_splits
 
+    from PIL import Image
+
+    folder = tmp_path / "images"  # decoded by Ray Data tasks (arrays skip Ray Data): 3 blocks
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1100):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{i:04d}.png")
     runs = []
     for tag in ("a", "b"):
         cfg = debug()
+        cfg.data.source = str(folder)
         cfg.run.out, cfg.run.name = str(tmp_path), tag
         runs.append(prepare(cfg))  # the driver side of a real run: dataset and data order
     assert ray.data.DataContext.get_current().execution_options.preserve_order
@@ -448,7 +456,7 @@ def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
 
         sums = {}
         for name in ("a", "b"):
-            it = _batches(c["splits"][name][0].iterator(), from_dict(c["config"]), 0, torch.device("cpu"),
+            it = _batches(c["splits"][name][0], from_dict(c["config"]), 0, torch.device("cpu"),
                           rows_per_rank=c["num_rows"], in_memory=True)
             sums[name] = [float(next(it)[0].sum()) for _ in range(6)]
         Path(c["run_dir"], "batches.json").write_text(json.dumps(sums))

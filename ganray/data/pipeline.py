@@ -1,6 +1,9 @@
-"""Ray Data pipelines: `load_dataset` (training input) and `load_arrays` (evaluation input).
+"""Training input: `load_dataset` (Ray's object store / Ray Data) and `load_arrays` (evaluation).
 
-Shape of every pipeline:
+In-memory arrays (IDX, .npz, digits) whose float rows fit FLOAT_CACHE_MAX_BYTES are resized
+and scaled on the driver, which already holds them, and put in Ray's object store in blocks
+(`CachedRows`, ganray.data.rows): no Ray Data executor, actors or task workers for data that
+needs no streaming. Every other source is a Ray Data pipeline:
 
     source rows --map_batches(decode / fit)--> uint8 N x H x W x C at the target size
                --materialize (decode once; every bad file is known before training)
@@ -8,17 +11,18 @@ Shape of every pipeline:
                --materialize (when the floats fit FLOAT_CACHE_MAX_BYTES)
                --randomize_block_order(seed) (fixed, so runs and resumes see the same order; the
                training loop reshuffles rows every epoch with a seed of its own)
-               --materialize (cached data only: the driver splits it between the workers, each
-               of which reads its split once)
+               --materialize (cached data only)
 
-Decoding, resizing and scaling all run in Ray Data tasks, never on the training workers, whose
-only job is reading batches. Data too large to cache decoded streams instead (files shuffled
-per epoch): bad files then surface, by name, or are skipped while iterating.
+Cached data of either kind is split between the workers on the driver, and each worker reads
+its split once. Decoding, resizing and scaling never run on the training workers. Data too
+large to cache decoded streams instead (files shuffled per epoch): bad files then surface, by
+name, or are skipped while iterating.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -34,9 +38,11 @@ from ganray.data.decode import (
     decode_parquet_batch,
     fit_array,
     fit_batch,
+    to_float,
     to_model_batch,
 )
 from ganray.data.files import read_parquet_images
+from ganray.data.rows import CachedRows, cache_rows
 from ganray.data.sources import Prepared, prepare, subset
 
 if TYPE_CHECKING:
@@ -158,19 +164,23 @@ def _count_bad(decoded, prep: Prepared, cfg: DataConfig) -> int:
 def load_dataset(
     data_cfg: DataConfig, *, materialize_max_bytes: int | None = None, float_cache_max_bytes: int | None = None
 ) -> tuple[ray.data.Dataset, DatasetInfo]:
-    """(Ray Dataset with "image" float32 C x H x W in [-1, 1] and "label" int64 (-1: none), DatasetInfo).
+    """(training rows: "image" float32 C x H x W in [-1, 1] and "label" int64 (-1: none), DatasetInfo).
 
     Checks run before anything trains: the listing, headers and labels on the caller, then (for
     data whose decoded uint8 fits `materialize_max_bytes`, default 2 GiB) every image is decoded
     once into Ray's object store and every bad file is reported by name, or counted when
     data.skip_bad_images is set. When the float32 rows fit `float_cache_max_bytes` (default
-    1 GiB) they are cached too, so an epoch is only a block shuffle plus `iter_torch_batches`
-    (a per-epoch map_batches task per block costs ~8x the throughput on small images).
+    1 GiB) they are cached: CachedRows for in-memory arrays, a MaterializedDataset for decoded
+    files (`is_cached`); a worker reads its split once and permutes it in memory every epoch.
+    Larger data is a streaming Ray Dataset.
     """
     prep = prepare(data_cfg.source, data_cfg.num_classes)
     pixels = prep.num_rows * data_cfg.resolution**2 * data_cfg.channels
     stream = pixels > (MATERIALIZE_MAX_BYTES if materialize_max_bytes is None else materialize_max_bytes)
     to_model = {"fn": to_model_batch, "batch_size": None, "fn_kwargs": {"skip_bad_images": data_cfg.skip_bad_images}}
+    cache_floats = 4 * pixels <= (FLOAT_CACHE_MAX_BYTES if float_cache_max_bytes is None else float_cache_max_bytes)
+    if prep.raw is not None and cache_floats and not stream:
+        return _array_rows(prep, data_cfg), _info(prep, data_cfg, 0)
     try:
         decoded = _decoded_dataset(prep, data_cfg, stream)
         if stream:
@@ -185,21 +195,39 @@ def load_dataset(
     skipped = _count_bad(decoded, prep, data_cfg)
     if prep.plan is not None:  # Parquet rows may be sorted by class: shuffle them once
         decoded = decoded.random_shuffle(seed=SEED).materialize()
-    if 4 * pixels <= (FLOAT_CACHE_MAX_BYTES if float_cache_max_bytes is None else float_cache_max_bytes):
-        # Block order shuffled once (seeded) and kept: a MaterializedDataset, which the driver
-        # splits between the workers itself (launch.build_trainer).
-        ds = decoded.map_batches(**to_model).materialize().randomize_block_order(seed=SEED).materialize()
+    if cache_floats:
+        ds = _cached(decoded.map_batches(**to_model))
     else:
         ds = decoded.randomize_block_order(seed=SEED).map_batches(**to_model)
     return ds, _info(prep, data_cfg, skipped)
 
 
+def _array_rows(prep: Prepared, cfg: DataConfig) -> CachedRows:
+    """In-memory arrays whose floats fit the cache, resized and scaled here, where they already
+    are (Pillow releases the GIL while resizing, so blocks run in threads), in the same seeded
+    row order and blocks as the Ray Data path. Arrays cannot fail to decode: nothing to count."""
+    order = np.random.default_rng(SEED).permutation(prep.num_rows)
+    labels = _labels_or_blank(prep)
+
+    def block(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return to_float(fit_array(prep.raw.x[rows], cfg.resolution, cfg.channels)), labels[rows]
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return cache_rows(pool.map(block, np.array_split(order, num_blocks(prep.num_rows))))
+
+
+def _cached(ds):
+    """Rows computed once, block order shuffled once (seeded) and kept: a MaterializedDataset,
+    which the driver splits between the workers itself (launch.worker_splits)."""
+    return ds.materialize().randomize_block_order(seed=SEED).materialize()
+
+
 def is_cached(dataset) -> bool:
-    """Whether a load_dataset result (or a split of one) holds cached rows: it is a
-    MaterializedDataset exactly then."""
+    """Whether a load_dataset result (or a split of one) holds cached rows: CachedRows (arrays)
+    or a MaterializedDataset (decoded files); a streaming Dataset otherwise."""
     from ray.data.dataset import MaterializedDataset
 
-    return isinstance(dataset, MaterializedDataset)
+    return isinstance(dataset, (CachedRows, MaterializedDataset))
 
 
 # --- load_arrays ---
