@@ -128,3 +128,30 @@ def test_all_gather_cat_is_identity_at_world_size_one():
     t = torch.arange(6).view(3, 2)
     assert all_gather_cat(t) is t
     assert isinstance(FeatureStats(2).all_reduce().count, int)
+
+
+def test_prepare_eval_reads_the_real_images_only_until_classifier_and_statistics_are_cached(
+        ray_session, tmp_path, monkeypatch):
+    """A run's start-up must not decode the dataset a second time once evaluation is cached."""
+    from ganray.config import debug
+    from ganray.data import load_arrays
+    from ganray.metrics import realdata
+    from ganray.metrics.training import prepare_eval
+
+    cfg = debug()  # the built-in digits, 16 px
+    cfg.eval.features, cfg.eval.cache_dir, cfg.eval.fid_samples = "classifier", str(tmp_path), 512
+    info = load_arrays(cfg.data, limit=1)[2]
+    loads = []
+    real_load = realdata.load_real_data
+    monkeypatch.setattr(realdata, "load_real_data", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    with pytest.warns(UserWarning, match="fid_samples=512"):
+        first = prepare_eval(cfg, info)  # trains the classifier, computes and caches the statistics
+    assert loads == [1] and len(list(tmp_path.glob("stats_*.npz"))) == 1
+    with pytest.warns(UserWarning, match="fid_samples=512"):
+        again = prepare_eval(cfg, info)
+    assert loads == [1]  # nothing decoded the second time
+    import ray
+
+    (s1, _), (s2, _) = ray.get(first["real"]), ray.get(again["real"])
+    assert s2.count == s1.count == 512
+    np.testing.assert_allclose(s2.mean_cov()[0], s1.mean_cov()[0], rtol=1e-12)
