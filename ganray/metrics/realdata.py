@@ -67,13 +67,17 @@ class LazyRealData:
         if self._real is None:
             self._real = load_real_data(self._cfg)
             if self._real.fingerprint != self.fingerprint:
-                raise RuntimeError(f"data.source {self.source!r} changed while the run started")
+                from ganray.data import DataError
+
+                raise DataError(f"data.source {self.source!r} changed while the run was starting")
         return self._real
 
     def __len__(self) -> int:
         return len(self.load())
 
     def __getattr__(self, name: str):  # pixels, labels, images(), label_tensor()
+        if name.startswith("_"):  # never load for private or special names (copy, pickle)
+            raise AttributeError(name)
         return getattr(self.load(), name)
 
 
