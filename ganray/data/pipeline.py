@@ -204,8 +204,9 @@ def load_dataset(
 
 def _array_rows(prep: Prepared, cfg: DataConfig) -> CachedRows:
     """In-memory arrays whose floats fit the cache, resized and scaled here, where they already
-    are (Pillow releases the GIL while resizing, so blocks run in threads), in the same seeded
-    row order and blocks as the Ray Data path. Arrays cannot fail to decode: nothing to count."""
+    are (Pillow releases the GIL while resizing, so blocks run in threads), in the Ray Data
+    path's seeded row permutation and blocks (its block-order shuffle adds nothing to a row
+    permutation and is left out). Arrays cannot fail to decode: nothing to count."""
     order = np.random.default_rng(SEED).permutation(prep.num_rows)
     labels = _labels_or_blank(prep)
 
