@@ -8,7 +8,7 @@ to float [-1, 1] (the fastest possible in-memory case), shuffled or not. Ray row
 pipeline iterated directly, and through `streaming_split(1)` as Ray Train hands a shard to a
 worker, with and without a local shuffle buffer (on the float rows materialised as a file
 source's are); and what a ganray worker runs: its driver-side split of the cached rows
-(CachedRows for in-memory arrays like MNIST), read once by `train_loop._batches` and permuted in
+(CachedRows for in-memory arrays like MNIST), read once by `batches.worker_batches` and permuted in
 memory every epoch.
 """
 
@@ -89,18 +89,18 @@ def main() -> int:
 
     def ganray_iter(shuffle_rows: int):
         """What a training worker runs, epoch after epoch: its driver-side split, read once by
-        train_loop._batches and reshuffled in memory (the first, warm-up epoch reads it)."""
+        batches.worker_batches and reshuffled in memory (the first, warm-up epoch reads it)."""
         import itertools
 
         from ganray.config import mnist
         from ganray.launch import worker_splits
-        from ganray.train_loop import _batches
+        from ganray.batches import worker_batches
 
         c = mnist()
         c.train.batch_size_per_worker, c.data.shuffle_buffer_rows = b, shuffle_rows
         split = worker_splits(ds, 1)[0]
         per_epoch = info.num_rows // b
-        endless = _batches(split, c, 0, torch.device("cpu"), rows_per_rank=info.num_rows, in_memory=True)
+        endless = worker_batches(split, c, 0, torch.device("cpu"), rows_per_rank=info.num_rows, in_memory=True)
         return lambda: itertools.islice(endless, per_epoch)
 
     def torch_iter(shuffle: bool):
@@ -114,8 +114,8 @@ def main() -> int:
         ("ray Dataset.iter_torch_batches", f"local buffer {buf}", ray_iter(True, False)),
         ("ray streaming_split(1) shard", "none", ray_iter(False, True)),
         ("ray streaming_split(1) shard", f"local buffer {buf}", ray_iter(True, True)),
-        ("ganray worker (split + _batches)", "none", ganray_iter(0)),
-        ("ganray worker (split + _batches)", "full, seeded per epoch", ganray_iter(buf)),
+        ("ganray worker (split + worker_batches)", "none", ganray_iter(0)),
+        ("ganray worker (split + worker_batches)", "full, seeded per epoch", ganray_iter(buf)),
     ]
     results = []
     for name, shuffle, make_iter in cases:

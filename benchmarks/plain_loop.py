@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 from ganray.config import Config, load_config  # noqa: E402
 from ganray.state import build_state  # noqa: E402
 from ganray.steps import Precision, lr_factor, train_step  # noqa: E402
-from ganray.train_loop import _noise_seed  # noqa: E402
+from ganray.batches import seed_for  # noqa: E402
 
 
 def load_images(cfg: Config, device: torch.device, limit: int | None = None) -> torch.Tensor:
@@ -86,7 +86,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
         for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, step / steps)
-        gen = torch.Generator(device).manual_seed(_noise_seed(cfg.train.seed, 0, step))
+        gen = torch.Generator(device).manual_seed(seed_for(cfg.train.seed, 0, step))
         reals = []
         for _ in range(d_steps):
             if pos + B > len(order):

@@ -267,9 +267,9 @@ def _sorted_rows(u8: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _collect(ds) -> tuple[np.ndarray, np.ndarray]:
     """All rows of a load_dataset result back as uint8 NHWC (exact inverse of the scaling)."""
-    from ganray.train_loop import _read_split
+    from ganray.batches import read_split
 
-    image, label = _read_split(ds, torch.device("cpu"))  # what a worker reads: CachedRows or Ray Data
+    image, label = read_split(ds, torch.device("cpu"))  # what a worker reads: CachedRows or Ray Data
     assert image.dtype == torch.float32 and label.dtype == torch.int64
     x = image.numpy()
     assert len(x) == 0 or (x.min() >= -1 and x.max() <= 1)

@@ -392,14 +392,14 @@ class _Blocks:
 
 
 def test_in_memory_epochs_are_seeded_full_permutations_and_resume_mid_epoch():
-    from ganray.train_loop import _batches
+    from ganray.batches import worker_batches
 
     cfg = debug()
     cfg.train.batch_size_per_worker = 8
     n, B = 100, 8  # 12 batches an epoch; the 4 rows left over differ from epoch to epoch
 
     def labels(consumed=0, rank=0, count=36):
-        it = _batches(_Blocks(n), cfg, rank, torch.device("cpu"), rows_per_rank=n, consumed=consumed, in_memory=True)
+        it = worker_batches(_Blocks(n), cfg, rank, torch.device("cpu"), rows_per_rank=n, consumed=consumed, in_memory=True)
         out = []
         for _ in range(count):
             image, label = next(it)
@@ -452,11 +452,11 @@ def test_data_order_is_reproducible_through_ray_train(ray_session, tmp_path):
 
     def record(c):
         from ganray.config import from_dict
-        from ganray.train_loop import _batches
+        from ganray.batches import worker_batches
 
         sums = {}
         for name in ("a", "b"):
-            it = _batches(c["splits"][name][0], from_dict(c["config"]), 0, torch.device("cpu"),
+            it = worker_batches(c["splits"][name][0], from_dict(c["config"]), 0, torch.device("cpu"),
                           rows_per_rank=c["num_rows"], in_memory=True)
             sums[name] = [float(next(it)[0].sum()) for _ in range(6)]
         Path(c["run_dir"], "batches.json").write_text(json.dumps(sums))
