@@ -8,8 +8,8 @@ to float [-1, 1] (the fastest possible in-memory case), shuffled or not. Ray row
 pipeline iterated directly, and through `streaming_split(1)` as Ray Train hands a shard to a
 worker, with and without a local shuffle buffer (on the float rows materialised as a file
 source's are); and what a ganray worker runs: its driver-side split of the cached rows
-(CachedRows for in-memory arrays like MNIST), read once by `batches.worker_batches` and permuted in
-memory every epoch.
+(CachedRows for in-memory arrays like MNIST), read once by `batches.worker_batches` and
+permuted in memory every epoch.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def main() -> int:
         batches.worker_batches and reshuffled in memory (the first, warm-up epoch reads it)."""
         import itertools
 
+        from ganray.batches import worker_batches
         from ganray.config import mnist
         from ganray.launch import worker_splits
-        from ganray.batches import worker_batches
 
         c = mnist()
         c.train.batch_size_per_worker, c.data.shuffle_buffer_rows = b, shuffle_rows
