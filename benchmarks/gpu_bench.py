@@ -86,6 +86,20 @@ def _feature_rows(device, z: GpuSize) -> list[Row]:
     return rows
 
 
+def _sync_rows(source: str, z: GpuSize, device, images, out) -> list[Row]:
+    """Host-device synchronisations per training step (the step, NaN guard, EMA, running means)."""
+    if device.type != "cuda":
+        return [Row("gpu", "host syncs per step", None, note="CUDA only (its sync debug mode)")]
+    rows = []
+    for precision in ("fp32", "bf16", "fp16"):
+        cfg = _config(source, z, precision, True, out, "syncs")
+        n = plain_loop(cfg, steps=6, report_every=3, device=device, images=images, count_syncs=True)
+        row = Row("gpu", f"host syncs per step, {precision}", n["host_syncs_per_step"], "", "0")
+        row.ok = row.value == 0
+        rows.append(row)
+    return rows
+
+
 def _sync(device) -> None:
     import torch
 
@@ -126,6 +140,7 @@ def gpu_rows(ctx) -> list[Row]:
         fp32, bf16 = (details[p]["ganray"]["img_per_s"] for p in ("fp32", "bf16"))
         rows.append(Row("gpu", "ganray bf16 / fp32", bf16 / fp32 if bf16 and fp32 else None, "x",
                         note=f"auto precision here: {details['auto_precision']}"))
+        rows += _sync_rows(source, z, device, images, ctx.out)
         rows += _feature_rows(device, z)
     finally:
         if not was_running and ray.is_initialized():

@@ -6,7 +6,7 @@
 The data is held in one float32 tensor (N x C x H x W in [-1, 1], on the device) and each
 epoch is a random permutation of it, so reading a batch is one index_select. Everything
 else is what one ganray worker does per step: the same `build_state` (models, Adam, EMA),
-the same `train_step` (D update, G update, non-finite check), the same per-step noise
+the same `train_step` (D update, G update, non-finite check on the device), the same per-step noise
 generator and learning-rate assignment, and the EMA update. Only Ray Train, Ray Data and
 the run-folder bookkeeping are missing, so ganray_img_per_s / plain_img_per_s is the price
 of the Ray layer.
@@ -18,9 +18,11 @@ window (warm-up: allocator, oneDNN primitive caches) left out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,6 +51,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _counting_syncs(counts: list[int], active: bool):
+    """Append the number of host-device synchronisations in the block (CUDA's sync debug mode)."""
+    if not active:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    counts.append(sum("synchroniz" in str(w.message) for w in caught))
+
+
 def steady_img_per_s(windows: list[tuple[int, float]]) -> float:
     """Images over seconds of all windows but the first: (images, seconds) per window."""
     rest = windows[1:] or windows
@@ -57,8 +75,12 @@ def steady_img_per_s(windows: list[tuple[int, float]]) -> float:
 
 
 def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torch.device = "cpu",
-               threads: int | None = None, images: torch.Tensor | None = None) -> dict:
-    """Train `steps` steps on one process; return img/s per window and in steady state."""
+               threads: int | None = None, images: torch.Tensor | None = None, count_syncs: bool = False) -> dict:
+    """Train `steps` steps on one process; return img/s per window and in steady state.
+
+    count_syncs (CUDA only): count the host-device synchronisations inside the steps after the
+    first with CUDA's sync debug mode (which also costs time: do not time such a run).
+    """
     device = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -82,27 +104,29 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
     windows: list[tuple[int, float]] = []
     t_start = t_window = time.perf_counter()
     first_step_s = None
+    syncs: list[int] = []
     for step in range(steps):
-        for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, step / steps)
-        gen = torch.Generator(device).manual_seed(seed_for(cfg.train.seed, 0, step))
-        reals = []
-        for _ in range(d_steps):
-            if pos + B > len(order):
-                order, pos = torch.randperm(len(real_all), device=device), 0
-            reals.append((real_all.index_select(0, order[pos:pos + B]), None))
-            pos += B
-        n_z = d_steps + (1 if d_steps > 1 else 0)
-        zs = [torch.randn(B, latent, device=device, generator=gen) for _ in range(n_z)]
-        values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=step, prec=prec,
-                                 generator=gen)
-        st.step += 1
-        st.images_seen += images_per_step
-        if not bad and st.ema is not None:
-            st.ema.update(G, images_per_step, st.images_seen)
-        for key, v in values.items():
-            acc[key] = acc.get(key, 0) + v.float()
+        with _counting_syncs(syncs, count_syncs and device.type == "cuda" and step > 0):
+            for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, step / steps)
+            gen = torch.Generator(device).manual_seed(seed_for(cfg.train.seed, 0, step))
+            reals = []
+            for _ in range(d_steps):
+                if pos + B > len(order):
+                    order, pos = torch.randperm(len(real_all), device=device), 0
+                reals.append((real_all.index_select(0, order[pos:pos + B]), None))
+                pos += B
+            n_z = d_steps + (1 if d_steps > 1 else 0)
+            zs = [torch.randn(B, latent, device=device, generator=gen) for _ in range(n_z)]
+            values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=step, prec=prec,
+                                     generator=gen)
+            st.step += 1
+            st.images_seen += images_per_step
+            if st.ema is not None:
+                st.ema.update(G, images_per_step, st.images_seen, skip=bad)
+            for key, v in values.items():
+                acc[key] = acc.get(key, 0) + torch.where(bad, 0.0, v.float())
         if first_step_s is None:
             _sync(device)
             first_step_s = time.perf_counter() - t_start
@@ -125,6 +149,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
         "first_step_s": first_step_s,
         "wall_s": wall,
         "final": {k: float(v) / steps for k, v in acc.items()},
+        "host_syncs_per_step": sum(syncs) / len(syncs) if syncs else None,
     }
 
 

@@ -73,8 +73,10 @@ class TrainState:
         unwrap(self.D).load_state_dict(sd["D"])
         if self.ema is not None:
             self.ema.model.load_state_dict(sd["G_ema"])
-        self.opt_g.load_state_dict(sd["opt_g"])
-        self.opt_d.load_state_dict(sd["opt_d"])
+        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            opt.load_state_dict(sd[key])
+            for group in opt.param_groups:  # a checkpoint from before Adam was fused says fused=None
+                group.update(fused=True, foreach=None)
         self.step = int(sd["step"])
         self.images_seen = int(sd["images_seen"])
         self.nan_skips = int(sd.get("nan_skips", 0))
@@ -98,8 +100,10 @@ def build_state(cfg: Config, num_classes: int | None, device: torch.device) -> T
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
     o = cfg.optim
-    opt_g = torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
+    # Fused: one kernel per step instead of a dozen foreach passes (on CPU too: 0.26 vs 0.89 ms
+    # for the mnist preset's nets), and it can skip a non-finite step on the device (steps.py).
+    opt_g = torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), fused=True)
     ema = EMA(G, cfg.ema.half_life_kimg, cfg.ema.rampup) if cfg.ema.enabled else None
     ada = AdaptiveAugment(target=cfg.augment.ada_target, speed_kimg=cfg.augment.ada_speed_kimg) if cfg.augment.ada else None
     return TrainState(cfg, G, D, opt_g, opt_d, ema, ada, num_classes)

@@ -8,7 +8,9 @@ Rules these functions keep (each one a known way GANs break under data paralleli
 - Losses are means over the local batch; DDP averages gradients over ranks, so W workers x
   batch b follow exactly the trajectory of 1 worker x batch W*b (no BatchNorm).
 - Non-finite gradients are detected *after* the all-reduce, so every rank takes the same
-  skip decision.
+  skip decision; the decision stays on the device (no host sync per step, which on a GPU
+  would stall the launch queue twice a step): the optimisers are fused Adam, which skips its
+  update when handed a `found_inf` flag, the mechanism GradScaler uses for fp16.
 """
 
 from __future__ import annotations
@@ -60,10 +62,14 @@ class Precision:
 
 @dataclass
 class StepResult:
-    """Detached per-step statistics, left on the device (read at report time only)."""
+    """Detached per-step statistics, left on the device (read at report time only).
+
+    `skipped` is a 0-d bool tensor on the device: True when the update was skipped as
+    non-finite (always False under fp16, where the gradient scaler skips and backs off itself).
+    """
 
     values: dict[str, torch.Tensor] = field(default_factory=dict)
-    skipped: bool = False
+    skipped: torch.Tensor | None = None
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
@@ -71,8 +77,28 @@ def _grad_norm(module: nn.Module) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
 
 
-def _apply(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scaler) -> tuple[torch.Tensor, bool]:
-    """Backward, check the (all-reduced) gradient norm, step unless it is non-finite."""
+def _step_unless(opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """opt.step(), a no-op for parameters, moments and step count where `bad` is True.
+
+    Fused Adam reads `found_inf` (a float tensor: 1.0 skips) inside its kernel; GradScaler hands
+    it over the same way. A non-fused optimiser would refuse the flag, so it is checked here.
+    """
+    if not opt.defaults.get("fused"):
+        raise TypeError(f"{type(opt).__name__} must be built with fused=True to skip non-finite steps "
+                        "on the device")
+    opt.found_inf = bad.float()
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
+
+
+def _apply(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scaler) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward, check the (all-reduced) gradient norm, step unless it is non-finite.
+
+    Returns the norm and the skip flag, both 0-d tensors on the device: nothing here waits for
+    the device.
+    """
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -80,15 +106,12 @@ def _apply(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scale
         norm = _grad_norm(net)
         scaler.step(opt)  # the scaler skips non-finite steps itself and lowers its scale
         scaler.update()
-        return norm, False
+        return norm, torch.zeros((), dtype=torch.bool, device=norm.device)
     loss.backward()
     norm = _grad_norm(net)
-    # One host sync per network per step: the skip decision needs a Python bool.
-    if not bool(torch.isfinite(norm)):
-        opt.zero_grad(set_to_none=True)
-        return norm, True
-    opt.step()
-    return norm, False
+    bad = ~torch.isfinite(norm)
+    _step_unless(opt, bad)
+    return norm, bad
 
 
 def d_step(
@@ -182,21 +205,22 @@ def train_step(
 
     zs holds one noise batch per D update plus one for G when there are several D updates;
     with a single D update, G's forward is shared by both updates (as in the DCGAN example).
-    Returns the detached statistics and whether any update was skipped as non-finite.
+    Returns the detached statistics and whether any update was skipped as non-finite (a 0-d
+    bool tensor on the device).
     """
     d_steps = len(reals)
     fake = None
-    skipped = False
+    skipped = None
     for k, (real, labels) in enumerate(reals):
         if d_steps == 1:
             with prec.autocast():
                 fake = G(zs[0], labels)
         res_d = d_step(G, D, opt_d, real, labels, zs[k], loss_cfg, d_step_index=step * d_steps + k,
                        prec=prec, augment=augment, fake=fake, generator=generator)
-        skipped |= res_d.skipped
+        skipped = res_d.skipped if skipped is None else skipped | res_d.skipped
     labels = reals[-1][1]
     res_g = g_step(G, D, opt_g, labels, zs[-1], loss_cfg, prec=prec, augment=augment, fake=fake)
-    return {**res_d.values, **res_g.values}, skipped or res_g.skipped
+    return {**res_d.values, **res_g.values}, skipped | res_g.skipped
 
 
 class EMA:
@@ -223,11 +247,22 @@ class EMA:
         return 0.5 ** (images_per_step / max(half_life, 1e-8))
 
     @torch.no_grad()
-    def update(self, G: nn.Module, images_per_step: int, images_seen: int) -> None:
+    def update(self, G: nn.Module, images_per_step: int, images_seen: int,
+               skip: torch.Tensor | None = None) -> None:
+        """Move the average towards G; where `skip` (a 0-d bool tensor) is True, leave it be.
+
+        The skip is decided on the device, so a step whose update was skipped as non-finite
+        (G's weights may hold the NaN that caused it) changes nothing without a host sync.
+        """
         beta = self.beta(images_per_step, images_seen)
         src = [p for p in unwrap(G).parameters()]
         dst = [p for p in self.model.parameters()]
-        torch._foreach_lerp_(dst, src, 1.0 - beta)
+        if skip is None:
+            torch._foreach_lerp_(dst, src, 1.0 - beta)
+            return
+        moved = torch._foreach_lerp(dst, src, 1.0 - beta)
+        for d, m in zip(dst, moved):
+            d.copy_(torch.where(skip, d, m))
 
     @torch.no_grad()
     def copy_buffers(self, G: nn.Module) -> None:

@@ -57,6 +57,13 @@ class _Every:
         return True
 
 
+def _schedules(cfg: Config, images_seen: int, evaluating: bool) -> tuple[_Every, _Every, _Every | None]:
+    """When to report, checkpoint and evaluate, counted from `images_seen` (a start or a rollback)."""
+    t = cfg.train
+    return (_Every(t.report_every_kimg, images_seen), _Every(t.checkpoint_every_kimg, images_seen),
+            _Every(cfg.eval.every_kimg or t.checkpoint_every_kimg, images_seen) if evaluating else None)
+
+
 def train_worker(loop_config: dict[str, Any], session=None) -> None:
     from ganray.session import RayTrainSession
 
@@ -97,13 +104,11 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
     total_steps = _total_steps(cfg, world)
     z_fixed = torch.randn(GRID_SIZE, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.train.seed)).to(device)
     labels_fixed = (torch.arange(GRID_SIZE) % st.num_classes).to(device) if conditional else None
-    report_every = _Every(cfg.train.report_every_kimg, st.images_seen)
-    ckpt_every = _Every(cfg.train.checkpoint_every_kimg, st.images_seen)
-    eval_every = _Every(cfg.eval.every_kimg or cfg.train.checkpoint_every_kimg, st.images_seen) if evaluator else None
+    report_every, ckpt_every, eval_every = _schedules(cfg, st.images_seen, evaluator is not None)
     good = st.snapshot()
-    consecutive_bad = 0
+    guard, report_pending = _NanGuard(device), False
     acc: dict[str, torch.Tensor] = {}
-    n_acc, wait_s, t_report, t_start = 0, 0.0, time.perf_counter(), time.perf_counter()
+    n_acc, n_good, wait_s, t_report, t_start = 0, 0, 0.0, time.perf_counter(), time.perf_counter()
     t_forwarded = -math.inf  # when a report last went to the session (Ray Train / Tune)
     budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
     stop_reason = "completed"
@@ -143,31 +148,37 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
             if run is not None:
                 run.write_json("timing.json", marks)
 
-        # (3) Bookkeeping: NaN guard, EMA, counters, running means on the device.
+        # (3) Bookkeeping on the device, no host sync: NaN guard, EMA, counters, running means.
         st.step += 1
         st.images_seen += images_per_step
-        if bad:
-            # BatchNorm statistics moved during the forward passes, before the guard saw the NaN.
-            _put_back(buffers)
-            st.nan_skips += 1
-            consecutive_bad += 1
-            if consecutive_bad >= cfg.train.nan_skip_limit:
-                _rollback(st, good, consecutive_bad)
-                consecutive_bad = 0
-            continue
-        consecutive_bad = 0
+        guard.after_step(bad, buffers)
         if st.ema is not None:
-            st.ema.update(G, images_per_step, st.images_seen)
+            st.ema.update(G, images_per_step, st.images_seen, skip=bad)
         for key, v in values.items():
-            acc[key] = acc.get(key, 0) + v.float()
+            acc[key] = acc.get(key, 0) + torch.where(bad, 0.0, v.float())
         n_acc += 1
 
         is_last = st.step >= total_steps
-        if not (report_every.due(st.images_seen) or is_last):
+        if not (report_pending or report_every.due(st.images_seen) or is_last):
+            continue
+        # A report, and with it a checkpoint, follows a good step only: a skipped step can leave
+        # weights that hold the NaN which caused it. The guard's counters are read here: once per
+        # report, and at each step only while a run of skipped steps holds a report back. A run of
+        # nan_skip_limit skips, or one the last step ends in, rolls back to the last saved state.
+        good_steps, bad_run = guard.read(st)
+        n_good += good_steps
+        report_pending = bad_run > 0
+        if bad_run >= cfg.train.nan_skip_limit or (report_pending and is_last):
+            _rollback(st, good, bad_run)
+            guard, report_pending = _NanGuard(device), False
+            report_every, ckpt_every, eval_every = _schedules(cfg, st.images_seen, evaluator is not None)
+            acc, n_acc, n_good, wait_s, t_report = {}, 0, 0, 0.0, time.perf_counter()
+            continue
+        if report_pending:
             continue
         # --- report: collectives first, identical on every rank ---
         elapsed = time.perf_counter() - t_report
-        stats = _reduce_stats(acc, n_acc, device)
+        stats = _reduce_stats(acc, n_good, device)
         used = (time.perf_counter() - t_start) / budget_s if budget_s is not None else 0.0
         since_forwarded = time.perf_counter() - t_forwarded
         agreed = dist.all_reduce_max(torch.tensor([used, since_forwarded], device=device, dtype=torch.float64)).tolist()
@@ -177,7 +188,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         if stop and st.step < total_steps:
             stop_reason = "max_minutes"
         if st.ada is not None and "r_t" in stats:
-            st.ada.update(stats["r_t"], n_acc * images_per_step)
+            st.ada.update(stats["r_t"], n_good * images_per_step)
         dist.average_buffers(st.G)
         dist.average_buffers(st.D)
         if st.ema is not None:
@@ -216,7 +227,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
             t_forwarded = time.perf_counter()
         if save:
             good = st.snapshot()
-        acc, n_acc, wait_s, t_report = {}, 0, 0.0, time.perf_counter()
+        acc, n_acc, n_good, wait_s, t_report = {}, 0, 0, 0.0, time.perf_counter()
         if stop:
             break
     if tracker is not None:
@@ -281,10 +292,32 @@ def _copy_buffers(*nets: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tens
     return [(b, b.detach().clone()) for net in nets for b in dist.unwrap(net).buffers()]
 
 
-@torch.no_grad()
-def _put_back(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for b, copy in saved:
-        b.copy_(copy)
+class _NanGuard:
+    """Counts skipped (non-finite) steps on the device; the host reads the counts per report.
+
+    Every rank holds the same counts: the skip flag comes from the all-reduced gradient norm.
+    """
+
+    def __init__(self, device: torch.device):
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self.skips, self.good, self.run = zero.clone(), zero.clone(), zero.clone()
+
+    @torch.no_grad()
+    def after_step(self, bad: torch.Tensor, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        # BatchNorm statistics moved during the forward passes, before the guard saw the NaN.
+        for b, saved in buffers:
+            b.copy_(torch.where(bad, saved, b))
+        self.skips += bad
+        self.good += ~bad
+        self.run = (self.run + 1) * bad  # the current run of consecutive skipped steps
+
+    def read(self, st: TrainState) -> tuple[int, int]:
+        """Fold the skips into `st.nan_skips`; return (good steps since the last read, current run)."""
+        skips, good, run = torch.stack([self.skips, self.good, self.run]).tolist()
+        st.nan_skips += skips
+        self.skips.zero_()
+        self.good.zero_()
+        return good, run
 
 
 def _rollback(st: TrainState, good: dict, bad_steps: int) -> None:
