@@ -50,7 +50,8 @@ def _ganray(cfg, z: GpuSize) -> dict:
     summary = run_training(cfg, progress=False)
     run = RunFolder(summary["run_dir"])
     run.load_metrics(None)
-    return {**steady(run.rows, z.batch), "startup_s": summary.get("startup", {}).get("total_s")}
+    return {**steady(run.rows, z.batch), "startup_s": summary.get("startup", {}).get("total_s"),
+            "startup": summary.get("startup")}
 
 
 def _feature_rows(device, z: GpuSize) -> list[Row]:
@@ -94,7 +95,9 @@ def _sync_rows(source: str, z: GpuSize, device, images, out) -> list[Row]:
     for precision in ("fp32", "bf16", "fp16"):
         cfg = _config(source, z, precision, True, out, "syncs")
         n = plain_loop(cfg, steps=6, report_every=3, device=device, images=images, count_syncs=True)
-        row = Row("gpu", f"host syncs per step, {precision}", n["host_syncs_per_step"], "", "0")
+        sites = ", ".join(f"{k} x{v}" for k, v in n["host_sync_sites"].items())
+        row = Row("gpu", f"host syncs per step, {precision}", n["host_syncs_per_step"], "", "0",
+                  note=f"5 steps; at {sites}" if sites else "5 steps")
         row.ok = row.value == 0
         rows.append(row)
     return rows

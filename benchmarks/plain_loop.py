@@ -52,8 +52,9 @@ def _sync(device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def _counting_syncs(counts: list[int], active: bool):
-    """Append the number of host-device synchronisations in the block (CUDA's sync debug mode)."""
+def _counting_syncs(counts: list[int], sites: dict[str, int], active: bool):
+    """Append the number of host-device synchronisations in the block (CUDA's sync debug mode);
+    count each one's Python line in `sites`."""
     if not active:
         yield
         return
@@ -64,7 +65,11 @@ def _counting_syncs(counts: list[int], active: bool):
             yield
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    counts.append(len(syncs))
+    for w in syncs:
+        site = f"{Path(w.filename).name}:{w.lineno}"
+        sites[site] = sites.get(site, 0) + 1
 
 
 def steady_img_per_s(windows: list[tuple[int, float]]) -> float:
@@ -105,8 +110,9 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
     t_start = t_window = time.perf_counter()
     first_step_s = None
     syncs: list[int] = []
+    sync_sites: dict[str, int] = {}
     for step in range(steps):
-        with _counting_syncs(syncs, count_syncs and device.type == "cuda" and step > 0):
+        with _counting_syncs(syncs, sync_sites, count_syncs and device.type == "cuda" and step > 0):
             for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
                 for group in opt.param_groups:
                     group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, step / steps)
@@ -150,6 +156,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
         "wall_s": wall,
         "final": {k: float(v) / steps for k, v in acc.items()},
         "host_syncs_per_step": sum(syncs) / len(syncs) if syncs else None,
+        "host_sync_sites": sync_sites,
     }
 
 

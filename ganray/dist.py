@@ -1,7 +1,9 @@
 """Rank, world size and collectives; the only importer of torch.distributed.
 
 Every function works without a process group (world size 1), so the same code path
-runs in unit tests, in a single worker and in N data-parallel workers.
+runs in unit tests, in a single worker and in N data-parallel workers. A process group of
+one (Ray Train starts one for a single worker too) counts as none: no DDP wrapper, whose
+gradient hooks, buckets and one-rank all-reduces would cost time and change nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from torch import nn
 
 
 def is_distributed() -> bool:
-    return torch_dist.is_available() and torch_dist.is_initialized()
+    """A process group of two or more ranks is up."""
+    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
 
 
 def rank() -> int:

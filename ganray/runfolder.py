@@ -97,17 +97,23 @@ class RunFolder:
 
     # --- images ---
     def write_png(self, rel: str, image: np.ndarray) -> None:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        img = image[..., 0] if image.shape[-1] == 1 else image
-        Image.fromarray(img).save(buf, format="PNG")
-        self.write_bytes(rel, buf.getvalue())
+        self.write_bytes(rel, encode_png(image))
 
     def write_fid_plot(self) -> None:
         pts = [(r["kimg"], r["fid"]) for r in self.rows if r.get("fid") is not None]
         if pts:
             self.write_png("fid.png", plot_curve(pts))
+
+
+def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """PNG bytes of an H x W x C uint8 image (C = 1 or 3). compress_level 1 encodes a sample grid
+    several times faster than PIL's default 6, for files a little larger."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img = image[..., 0] if image.shape[-1] == 1 else image
+    Image.fromarray(img).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
 
 
 def _num(v: str):

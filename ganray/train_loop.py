@@ -22,7 +22,7 @@ from ganray.augment import diff_augment
 from ganray.batches import seed_for, worker_batches
 from ganray.config import Config, from_dict
 from ganray.data import is_cached
-from ganray.runfolder import RunFolder, image_grid, to_uint8
+from ganray.runfolder import RunFolder, encode_png, image_grid, to_uint8
 from ganray.state import TrainState, build_state
 from ganray.steps import Precision, lr_factor, train_step
 
@@ -106,7 +106,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
     labels_fixed = (torch.arange(GRID_SIZE) % st.num_classes).to(device) if conditional else None
     report_every, ckpt_every, eval_every = _schedules(cfg, st.images_seen, evaluator is not None)
     good = st.snapshot()
-    guard, report_pending = _NanGuard(device), False
+    guard, report_pending = _NanGuard(device, st.G, st.D), False
     acc: dict[str, torch.Tensor] = {}
     n_acc, n_good, wait_s, t_report, t_start = 0, 0, 0.0, time.perf_counter(), time.perf_counter()
     t_forwarded = -math.inf  # when a report last went to the session (Ray Train / Tune)
@@ -140,7 +140,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
             reals.append((real, labels if conditional else None))
         n_z = cfg.optim.d_steps + (1 if cfg.optim.d_steps > 1 else 0)
         zs = [torch.randn(B, cfg.model.latent_dim, device=device, generator=gen) for _ in range(n_z)]
-        buffers = _copy_buffers(st.G, st.D)
+        guard.before_step()
         values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=st.step, prec=prec,
                                  augment=augment, generator=gen)
         if "first_step" not in marks:  # start-up timing: launch.startup_breakdown reads timing.json
@@ -151,7 +151,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         # (3) Bookkeeping on the device, no host sync: NaN guard, EMA, counters, running means.
         st.step += 1
         st.images_seen += images_per_step
-        guard.after_step(bad, buffers)
+        guard.after_step(bad)
         if st.ema is not None:
             st.ema.update(G, images_per_step, st.images_seen, skip=bad)
         for key, v in values.items():
@@ -170,7 +170,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         report_pending = bad_run > 0
         if bad_run >= cfg.train.nan_skip_limit or (report_pending and is_last):
             _rollback(st, good, bad_run)
-            guard, report_pending = _NanGuard(device), False
+            guard, report_pending = _NanGuard(device, st.G, st.D), False
             report_every, ckpt_every, eval_every = _schedules(cfg, st.images_seen, evaluator is not None)
             acc, n_acc, n_good, wait_s, t_report = {}, 0, 0, 0.0, time.perf_counter()
             continue
@@ -208,21 +208,24 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
             if row.get("fid") is not None and (st.best_fid is None or row["fid"] < st.best_fid):
                 st.best_fid = row["fid"]
         save = ckpt_every.due(st.images_seen) or is_last or "fid" in row
+        # Every row goes to metrics.csv with a sample grid; the session gets checkpoints,
+        # evaluations, the last row and otherwise at most one row per `min_report_interval_s`:
+        # Ray Train's worker holds one unconsumed report and its controller takes it only every
+        # health-check interval (2 s), so a faster report rate would block training (a fast GPU
+        # at the default 2 kimg interval reports several times a second). Trackers get images
+        # at the same rate (an image costs them a PNG encoding each). Agreed by all ranks above.
+        forward = save or is_last or agreed[1] >= session.min_report_interval_s
         if run is not None:
             grid = _sample_grid(st, z_fixed, labels_fixed)
-            run.write_png(f"samples/grid_{st.step:08d}.png", grid)
-            run.write_png("samples/latest.png", grid)
+            png = encode_png(grid, compress_level=1)  # once, for both files
+            run.write_bytes(f"samples/grid_{st.step:08d}.png", png)
+            run.write_bytes("samples/latest.png", png)
             run.append_metrics(row)
             if "fid" in row:
                 run.write_fid_plot()
             if tracker is not None:
-                tracker.log(st.step, row, grid)
-        # Every row goes to metrics.csv; the session gets checkpoints, evaluations, the last row
-        # and otherwise at most one row per `min_report_interval_s`: Ray Train's worker holds one
-        # unconsumed report and its controller takes it only every health-check interval (2 s),
-        # so a faster report rate would block training (a fast GPU at the default 2 kimg
-        # interval reports several times a second). The decision is agreed by all ranks above.
-        if save or is_last or agreed[1] >= session.min_report_interval_s:
+                tracker.log(st.step, row, grid if forward else None)
+        if forward:
             _report(session, row, st, cfg, save, is_last, stop_reason)
             t_forwarded = time.perf_counter()
         if save:
@@ -287,26 +290,31 @@ def _reduce_stats(acc: dict[str, torch.Tensor], n: int, device) -> dict[str, flo
     return dict(zip(keys, dist.all_reduce_mean(vec).tolist()))
 
 
-def _copy_buffers(*nets: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(buffer, copy) pairs: BatchNorm running statistics, a few KB to MB per network."""
-    return [(b, b.detach().clone()) for net in nets for b in dist.unwrap(net).buffers()]
-
-
 class _NanGuard:
-    """Counts skipped (non-finite) steps on the device; the host reads the counts per report.
+    """Undoes what a skipped (non-finite) step did to the buffers, and counts skipped steps, all on
+    the device; the host reads the counts once per report.
 
     Every rank holds the same counts: the skip flag comes from the all-reduced gradient norm.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, *nets: torch.nn.Module):
+        # BatchNorm's running statistics (and spectral norm's vectors) move during the forward
+        # passes, before the step knows its gradients are non-finite: a copy per step, put back
+        # where the step was skipped. The copies are allocated once and filled by one foreach.
+        self.buffers = [b for net in nets for b in dist.unwrap(net).buffers()]
+        self.saved = [torch.empty_like(b) for b in self.buffers]
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.skips, self.good, self.run = zero.clone(), zero.clone(), zero.clone()
 
     @torch.no_grad()
-    def after_step(self, bad: torch.Tensor, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        # BatchNorm statistics moved during the forward passes, before the guard saw the NaN.
-        for b, saved in buffers:
-            b.copy_(torch.where(bad, saved, b))
+    def before_step(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
+
+    @torch.no_grad()
+    def after_step(self, bad: torch.Tensor) -> None:
+        for b, saved in zip(self.buffers, self.saved):
+            torch.where(bad, saved, b, out=b)
         self.skips += bad
         self.good += ~bad
         self.run = (self.run + 1) * bad  # the current run of consecutive skipped steps

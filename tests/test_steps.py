@@ -11,7 +11,7 @@ import torch
 from ganray.config import debug
 from ganray.state import build_state
 from ganray.steps import EMA, Precision, train_step
-from ganray.train_loop import _copy_buffers, _NanGuard
+from ganray.train_loop import _NanGuard
 
 
 def _state():
@@ -153,19 +153,19 @@ def test_ema_skips_on_the_device_even_when_g_holds_a_nan():
 
 def test_the_loop_guard_restores_batchnorm_statistics_and_counts_on_the_device():
     cfg, st = _state()
-    guard = _NanGuard(torch.device("cpu"))
+    guard = _NanGuard(torch.device("cpu"), st.G, st.D)
     assert any(b.is_floating_point() for b in st.D.buffers())  # the debug D has BatchNorm
     for s, real in enumerate([_real(cfg), _real(cfg) * float("nan"), _real(cfg) * float("nan"), _real(cfg, 3)]):
-        saved = _copy_buffers(st.G, st.D)
-        before = [c.clone() for _, c in saved]
+        before = [b.clone() for b in guard.buffers]
         with _no_host_reads():
+            guard.before_step()
             _, bad = _step(cfg, st, real, seed=s)
-            guard.after_step(bad, saved)
-        after = [b for b, _ in saved]
-        same = all(torch.equal(a, b) for a, b in zip(after, before))
+            guard.after_step(bad)
+        same = all(torch.equal(a, b) for a, b in zip(guard.buffers, before))
         assert same == bool(bad), s  # statistics put back exactly when the step was skipped
         if s == 2:
             st.nan_skips = 5
             assert guard.read(st) == (1, 2)  # one good step, a run of two skips going on
             assert st.nan_skips == 7
     assert guard.read(st) == (1, 0) and st.nan_skips == 7
+    assert len(guard.buffers) == len(list(st.G.buffers())) + len(list(st.D.buffers()))
