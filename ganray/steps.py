@@ -262,7 +262,7 @@ class EMA:
             return
         moved = torch._foreach_lerp(dst, src, 1.0 - beta)
         for d, m in zip(dst, moved):
-            d.copy_(torch.where(skip, d, m))
+            torch.where(skip, d, m, out=d)
 
     @torch.no_grad()
     def copy_buffers(self, G: nn.Module) -> None:
