@@ -121,8 +121,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     channels_last: bool = True
-    # NaN/Inf guard: skip a bad update; after this many consecutive bad steps roll back
-    # to the last checkpoint; after max_rollbacks rollbacks fail.
+    # NaN/Inf guard: skip a bad update (decided on the device, no host sync per step); a run of
+    # at least this many consecutive bad steps, seen at the next report, rolls back to the last
+    # saved state; after max_rollbacks rollbacks fail.
     nan_skip_limit: int = Field(5, ge=1, le=10_000)
     max_rollbacks: int = Field(2, ge=0, le=100)
 
