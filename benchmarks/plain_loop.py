@@ -7,9 +7,10 @@ The data is held in one float32 tensor (N x C x H x W in [-1, 1], on the device)
 epoch is a random permutation of it, so reading a batch is one index_select. Everything
 else is what one ganray worker does per step: the same `build_state` (models, Adam, EMA),
 the same `train_step` (D update, G update, non-finite check on the device), the same per-step noise
-generator and learning-rate assignment, and the EMA update. Only Ray Train, Ray Data and
-the run-folder bookkeeping are missing, so ganray_img_per_s / plain_img_per_s is the price
-of the Ray layer.
+generator and learning-rate assignment, and the EMA update. Missing are Ray Train, Ray Data,
+the run-folder bookkeeping and the worker's backup of BatchNorm statistics for a skipped step
+(`train_loop._NanGuard`, a foreach copy and a `where` per buffer), so ganray_img_per_s /
+plain_img_per_s is the price of the Ray layer and of that guard.
 
 img/s is measured like ganray's metrics.csv: over windows of `report_every` steps, the first
 window (warm-up: allocator, oneDNN primitive caches) left out.
