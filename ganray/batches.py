@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from ganray.config import Config
-from ganray.data.rows import CachedRows
+from ganray.data import read_cached
 
 
 def seed_for(seed: int, rank: int, step: int, stream: int = 0) -> int:
@@ -78,18 +77,8 @@ def _no_full_batch(rank: int, B: int):
 def read_split(shard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A cached split (at most data.pipeline.FLOAT_CACHE_MAX_BYTES / workers), read once into
     one image and one label tensor on `device` (the GPU's memory when training on one: no
-    host-to-device copy per step): CachedRows from the object store, a MaterializedDataset
-    through Ray Data."""
-    if isinstance(shard, CachedRows):
-        image, label = shard.read()
-    else:
-        images, labels = [], []
-        for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-            images.append(block["image"])
-            labels.append(block["label"])
-        if not images:
-            return torch.empty(0), torch.empty(0, dtype=torch.int64)
-        image, label = np.concatenate(images), np.concatenate(labels)
+    host-to-device copy per step)."""
+    image, label = read_cached(shard)
     return torch.from_numpy(image).to(device), torch.from_numpy(label).to(device)
 
 

@@ -294,12 +294,9 @@ def worker_splits(dataset, workers: int) -> list | None:
     in-memory epochs, BENCHMARKS.md). Every rank also reads the same rows in every run, so a
     multi-worker resume continues exactly.
     """
-    from ganray.data import is_cached
-    from ganray.data.rows import CachedRows
+    from ganray.data import is_cached, split_cached
 
-    if not is_cached(dataset):
-        return None
-    return dataset.split(workers) if isinstance(dataset, CachedRows) else dataset.split(workers, equal=True)
+    return split_cached(dataset, workers) if is_cached(dataset) else None
 
 
 def _ordered():

@@ -9,8 +9,9 @@ Ray's object store), pipeline (load_dataset, load_arrays).
 """
 
 from ganray.data.core import DataError, DatasetInfo
-from ganray.data.pipeline import is_cached, load_arrays, load_dataset
+from ganray.data.pipeline import is_cached, load_arrays, load_dataset, read_cached, split_cached
 from ganray.data.rows import CachedRows
 from ganray.data.sources import detect_kind
 
-__all__ = ["CachedRows", "DataError", "DatasetInfo", "detect_kind", "is_cached", "load_arrays", "load_dataset"]
+__all__ = ["CachedRows", "DataError", "DatasetInfo", "detect_kind", "is_cached", "load_arrays", "load_dataset",
+           "read_cached", "split_cached"]

@@ -231,6 +231,26 @@ def is_cached(dataset) -> bool:
     return isinstance(dataset, (CachedRows, MaterializedDataset))
 
 
+def split_cached(dataset, n: int) -> list:
+    """`n` equal, disjoint parts of cached rows (the last len % n rows are left out); nothing is
+    read or copied."""
+    return dataset.split(n) if isinstance(dataset, CachedRows) else dataset.split(n, equal=True)
+
+
+def read_cached(split) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) of a cached split, in order: CachedRows from the object store, a
+    MaterializedDataset through Ray Data."""
+    if isinstance(split, CachedRows):
+        return split.read()
+    images, labels = [], []
+    for block in split.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        images.append(block["image"])
+        labels.append(block["label"])
+    if not images:
+        return np.empty(0, np.float32), np.empty(0, np.int64)
+    return np.concatenate(images), np.concatenate(labels)
+
+
 # --- load_arrays ---
 
 
