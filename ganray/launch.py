@@ -52,6 +52,26 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
     # Set before ray.init so that Tune trials' drivers inherit it too.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False, **kwargs)
+    _start_autoscaling_coordinator()
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Start Ray's autoscaling coordinator now, while the driver prepares data and evaluation.
+
+    Ray Train's controller registers its resource request with this named, detached actor
+    (shared with Ray Data) and blocks until it answers; created by the controller, it needs a
+    new worker process (~1.3 s here, on the start-up's critical path), because the controller's
+    children carry its runtime env. Created here it takes one of the idle workers Ray prestarts
+    with a fresh instance, and the controller finds it running. Ray's own get-or-create is used,
+    so nothing differs afterwards; if a Ray release moves it, the controller creates it as before.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
 
 
 def _quiet_ray_data() -> None:
