@@ -259,8 +259,9 @@ def _prepare_eval(cfg: Config, info) -> dict | None:
 
 def build_trainer(p: Prepared, *, callbacks=()):
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from ganray.backend import ProcessGroupConfig
     from ganray.faults import forwarded_env
     from ganray.train_loop import train_worker
 
@@ -286,7 +287,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
             resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})},
             placement_strategy=cfg.train.placement_strategy,
         ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=ProcessGroupConfig(backend="nccl" if use_gpu else "gloo"),
         **data,
         run_config=ray.train.RunConfig(
             name=p.name,

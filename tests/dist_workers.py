@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -62,6 +64,14 @@ def consistency_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(1)
     out = Path(config["out"])
+    # What the trainer's backend set up (ganray.backend in the test): the process group and
+    # torchrun's variables, for this rank.
+    import torch.distributed as torch_dist
+
+    env = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    (out / f"env_rank{rank}.json").write_text(json.dumps(
+        {"env": env, "pg_rank": torch_dist.get_rank(), "pg_world": torch_dist.get_world_size(),
+         "pg_backend": torch_dist.get_backend()}))
     # (a) the default BatchNorm DCGAN, each rank on different data.
     cfg = debug()
     cfg.model.spectral_norm = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 import dist_workers as W
@@ -19,13 +21,24 @@ def test_two_workers_stay_identical_and_match_one_big_batch(ray_session, tmp_pat
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from ganray.backend import ProcessGroupConfig
+
     trainer = TorchTrainer(
         W.consistency_worker,
         train_loop_config={"out": str(tmp_path)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        torch_config=ProcessGroupConfig(backend="gloo"),  # what ganray's runs use
         run_config=ray.train.RunConfig(name="consistency", storage_path=str(tmp_path / "ray")),
     )
     trainer.fit()
+
+    # ganray's backend: one gloo group of 2, torchrun's variables per rank, one rendezvous.
+    envs = [json.loads((tmp_path / f"env_rank{r}.json").read_text()) for r in (0, 1)]
+    for r, e in enumerate(envs):
+        assert (e["pg_rank"], e["pg_world"], e["pg_backend"]) == (r, 2, "gloo")
+        assert (e["env"]["RANK"], e["env"]["WORLD_SIZE"], e["env"]["LOCAL_RANK"]) == (str(r), "2", str(r))
+    assert envs[0]["env"]["MASTER_ADDR"] and envs[0]["env"]["MASTER_PORT"]
+    assert {(e["env"]["MASTER_ADDR"], e["env"]["MASTER_PORT"]) for e in envs} == {(envs[0]["env"]["MASTER_ADDR"], envs[0]["env"]["MASTER_PORT"])}
 
     # (a) BatchNorm DCGAN with spectral norm, different data per rank: every parameter and
     # buffer (BN running stats after averaging, SN power-iteration vectors, EMA) bitwise equal.
