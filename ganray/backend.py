@@ -4,8 +4,9 @@ Ray's `TorchConfig` lives in a module that imports torch at the top, and Ray Tra
 unpickles the backend config before it starts a single worker: every run paid a torch import
 (1.3 s on the 2-core benchmark machine) on its start-up's critical path, in a process that
 never touches a tensor. `ProcessGroupConfig` does what `TorchConfig(init_method="env")` does for
-ganray (the backend, the rendezvous, the torch.distributed environment variables, the CUDA
-device, the shutdown), and only the functions it runs on the workers import torch.
+ganray (the backend, the rendezvous, the torch.distributed environment variables, the
+shutdown; the CUDA device through Ray's own context manager), and only the functions it runs on
+the workers import torch.
 
 It implements Ray Train's documented `Backend`/`BackendConfig` interface; the worker-group
 calls (`execute`, `execute_single`, `execute_single_async`, `execute_async`) are the ones Ray's
@@ -22,12 +23,11 @@ from datetime import timedelta
 import ray
 from ray.exceptions import GetTimeoutError
 from ray.train.backend import Backend, BackendConfig
+from ray.train.constants import DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
-# Same default as Ray's (TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S) and under the same variable.
-SHUTDOWN_TIMEOUT_ENV = "TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"
 
 
 @dataclass
@@ -47,7 +47,11 @@ class ProcessGroupConfig(BackendConfig):
 
     @property
     def train_func_context(self):
-        return _CudaDevice
+        # Ray's (it makes the worker's GPU the current device). Read on the driver, where the
+        # training function is wrapped, never in the controller; the workers import torch anyway.
+        from ray.train.torch.config import TorchConfigContextManager
+
+        return TorchConfigContextManager
 
     @property
     def framework(self):
@@ -57,23 +61,6 @@ class ProcessGroupConfig(BackendConfig):
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "init_method": "env", "timeout_s": self.timeout_s}
-
-
-class _CudaDevice:
-    """Around the training function on each worker: make Ray's GPU for this worker the current one."""
-
-    def __enter__(self):
-        import torch
-
-        if torch.cuda.is_available():
-            import ray.train.torch
-
-            device = ray.train.torch.get_device()
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _ProcessGroupBackend(Backend):
@@ -95,7 +82,8 @@ class _ProcessGroupBackend(Backend):
     def on_shutdown(self, worker_group, backend_config: ProcessGroupConfig):
         # Like Ray's backend: a group of one is left to die with its process.
         futures = worker_group.execute_async(_shut_down, destroy=len(worker_group) > 1)
-        timeout_s = float(os.environ.get(SHUTDOWN_TIMEOUT_ENV, "30"))
+        timeout_s = float(os.environ.get(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+                                         DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S))
         try:
             ray.get(futures, timeout=timeout_s)
         except GetTimeoutError:
