@@ -115,9 +115,9 @@ def run_ganray(out: Path, name: str, overrides: list[str], *, preset: str = "mni
 
 def trial_startups(runs: Path) -> list[dict]:
     """Each Tune trial's start-up from the timing.json in its run folder under `runs`, in start
-    order: {trial, breakdown (ganray.launch.startup_breakdown: from the trial function's entry),
+    order: {trial, breakdown (ganray.startup.startup_breakdown: from the trial function's entry),
     first_step, ended (its metrics.csv's last write), metrics (that path)}."""
-    from ganray.launch import startup_breakdown
+    from ganray.startup import startup_breakdown
 
     trials = []
     for timing in runs.glob("*/timing.json"):

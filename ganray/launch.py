@@ -17,6 +17,7 @@ from typing import Any
 
 from ganray.config import Config
 from ganray.runfolder import RunFolder, run_path, storage_root
+from ganray.startup import process_start, startup_breakdown
 
 
 class RunError(RuntimeError):
@@ -362,7 +363,7 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
 
     p = prepare(cfg, resume=resume)
     marks = p.loop_config["startup_marks"]
-    marks.update(process_start=_process_start(), cmd=t_cmd, ray_ready=t_ray)
+    marks.update(process_start=process_start(), cmd=t_cmd, ray_ready=t_ray)
     run = RunFolder(p.run_dir)
     run.write_text("config.yaml", p.cfg.to_yaml())
     queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
@@ -444,43 +445,3 @@ def _summary(p: Prepared, last: dict, outcome: dict, t_cmd: float, run: RunFolde
         "run_dir": p.run_dir,
         "startup": startup_breakdown(json.loads((run.read_bytes("timing.json") or b"{}").decode() or "{}")),
     }
-
-
-def _process_start() -> float | None:
-    """When this process started (time.time() scale), so start-up includes interpreter and imports.
-
-    Linux: /proc/self/stat's start time (clock ticks since boot) plus the boot time derived from
-    /proc/uptime, good to ~10 ms (psutil uses the whole-second btime instead). None elsewhere.
-    """
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-# (phase, from mark, to mark): the driver records the first five marks, rank 0 the last four.
-STARTUP_PHASES = [
-    ("imports_s", "process_start", "cmd"),
-    ("ray_start_s", "cmd", "ray_ready"),
-    ("trial_imports_s", "trial_start", "prepare_start"),  # a Tune trial's driver function
-    ("dataset_s", "prepare_start", "dataset_ready"),
-    ("eval_prepare_s", "dataset_ready", "prepared"),
-    ("trainer_build_s", "prepared", "fit_start"),
-    ("worker_group_start_s", "fit_start", "worker_start"),
-    ("worker_setup_s", "worker_start", "loop_ready"),
-    ("first_batch_s", "loop_ready", "first_batch"),
-    ("first_step_s", "first_batch", "first_step"),
-]
-
-
-def startup_breakdown(marks: dict[str, float | None]) -> dict[str, float]:
-    """Seconds per start-up phase from timing.json's timestamps; total_s: first mark to first step."""
-    out = {name: round(marks[b] - marks[a], 3) for name, a, b in STARTUP_PHASES if marks.get(a) and marks.get(b)}
-    start = marks.get("process_start") or marks.get("cmd") or marks.get("trial_start") or marks.get("prepare_start")
-    if start and marks.get("first_step"):
-        out["total_s"] = round(marks["first_step"] - start, 3)
-    return out

@@ -143,7 +143,7 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
         guard.before_step()
         values, bad = train_step(G, D, st.opt_g, st.opt_d, reals, zs, cfg.loss, step=st.step, prec=prec,
                                  augment=augment, generator=gen)
-        if "first_step" not in marks:  # start-up timing: launch.startup_breakdown reads timing.json
+        if "first_step" not in marks:  # start-up timing: startup.startup_breakdown reads timing.json
             marks["first_step"] = time.time()
             if run is not None:
                 run.write_json("timing.json", marks)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ganray.config import debug
-from ganray.launch import startup_breakdown
+from ganray.startup import startup_breakdown
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))

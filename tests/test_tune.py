@@ -51,7 +51,7 @@ def test_trials_share_the_experiments_dataset_and_eval_statistics(experiment):
     """The experiment loads data and real statistics once; no trial loads its own (start-up, #8)."""
     import json
 
-    from ganray.launch import startup_breakdown
+    from ganray.startup import startup_breakdown
     from ganray.tune_run import shares_inputs
 
     timings = [json.loads(t.read_text()) for t in (experiment / "runs").glob("*/timing.json")]
