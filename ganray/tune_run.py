@@ -89,7 +89,6 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     `grace_kimg`: ASHA's first rung (default: the first evaluation). A trial is ranked there on
     its FID, so it must come late enough for FID to mean something (BENCHMARKS.md).
     """
-    import ray
     from ray import tune
 
     from ganray.launch import _use_gpu, ensure_ray, load_inputs
