@@ -6,8 +6,8 @@ Each measurement is a ratio (or a time) taken in one run on one machine, with th
 before and after next to it; on a busy machine the numbers are noise, so read the load first.
 
     overhead  (a) ganray, 1 worker, vs benchmarks/plain_loop.py (same model, step math, threads,
-              steps): steady img/s from metrics.csv (first report skipped) and from summary.json;
-              (c) data_wait_frac of that run
+              steps), at 1 thread and at all cores: steady img/s from metrics.csv (first report
+              skipped) and from summary.json; (c) data_wait_frac of that run
     scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1)
     ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
     startup   (d) command start -> first training step, with the phase breakdown from summary.json
@@ -91,6 +91,7 @@ class Ctx:
     quick: bool
     device: str = "cpu"
     details: dict = field(default_factory=dict)
+    overhead_threads: tuple[int, ...] = ()
 
     def model(self, batch: int | None = None) -> list[str]:
         """Size overrides; overhead and scaling put them on the `dcgan` preset (SPEED_PRESET), so a
@@ -117,32 +118,42 @@ def _ganray_len(ctx: Ctx, steps: int, report: int, batch: int | None = None) -> 
 
 
 def bench_overhead(ctx: Ctx) -> list[Row]:
+    """At 1 thread (Ray Train's own cost: a core is left for Ray's background processes) and at
+    all cores (the default `train.threads_per_worker` of one worker, whose threads then share
+    the cores with those processes); one count with --threads or --quick."""
+    rows: list[Row] = []
+    for threads in ctx.overhead_threads:
+        rows += _overhead_at(ctx, threads)
+    return rows
+
+
+def _overhead_at(ctx: Ctx, threads: int) -> list[Row]:
     s = ctx.size
-    model = ctx.model() + [f"train.threads_per_worker={ctx.threads}", "eval.features=none"]
-    plains = [run_plain(model, steps=s.steps, report_every=s.report, threads=ctx.threads, out=ctx.out,
-                        name="plain_a", preset=SPEED_PRESET)]
-    run = run_ganray(ctx.out, "overhead", ctx.model() + _ganray_len(ctx, s.steps, s.report)
-                     + [f"train.threads_per_worker={ctx.threads}", "train.workers=1"], preset=SPEED_PRESET)
+    model = ctx.model() + [f"train.threads_per_worker={threads}", "eval.features=none"]
+    plains = [run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
+                        name=f"plain_a{threads}", preset=SPEED_PRESET)]
+    run = run_ganray(ctx.out, f"overhead{threads}", ctx.model() + _ganray_len(ctx, s.steps, s.report)
+                     + [f"train.threads_per_worker={threads}", "train.workers=1"], preset=SPEED_PRESET)
     if not ctx.quick:  # A B A: the mean of two baselines cancels a slow drift in machine load
-        plains.append(run_plain(model, steps=s.steps, report_every=s.report, threads=ctx.threads, out=ctx.out,
-                                name="plain_b", preset=SPEED_PRESET))
+        plains.append(run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
+                                name=f"plain_b{threads}", preset=SPEED_PRESET))
     plain = sum(p["img_per_s"] for p in plains) / len(plains)
     plain_best = max(p["best_img_per_s"] for p in plains)
     plain_all = sum(p["steps"] * p["batch"] / p["wall_s"] for p in plains) / len(plains)
     st = steady(run.rows, s.batch)
-    ctx.details["overhead"] = {"plain": plains, "ganray_steady": st, "ganray_summary": run.summary,
-                               "ganray_rows": run.rows}
-    ctx.details["overhead_img_per_s"] = st["img_per_s"]
-    note = f"{s.steps} steps, batch {s.batch}, width {s.width}, {ctx.threads} threads, report every {s.report} steps"
+    ctx.details.setdefault("overhead", {})[f"{threads}_threads"] = {
+        "plain": plains, "ganray_steady": st, "ganray_summary": run.summary, "ganray_rows": run.rows}
+    note = f"{s.steps} steps, batch {s.batch}, width {s.width}, report every {s.report} steps"
+    t = f"{threads} thread{'s' if threads > 1 else ''}"
     return [
-        Row("overhead", "plain loop img/s (steady)", plain, "img/s", note=note),
-        Row("overhead", "ganray 1 worker img/s (steady, metrics.csv)", st["img_per_s"], "img/s"),
-        ratio_row("overhead", "ganray / plain, steady (metrics.csv)", st["img_per_s"], plain, at_least=0.97),
-        ratio_row("overhead", "ganray / plain, whole run (summary.json)", run.summary["img_per_s"], plain_all,
+        Row("overhead", f"plain loop img/s (steady), {t}", plain, "img/s", note=note),
+        Row("overhead", f"ganray 1 worker img/s (steady, metrics.csv), {t}", st["img_per_s"], "img/s"),
+        ratio_row("overhead", f"ganray / plain, steady (metrics.csv), {t}", st["img_per_s"], plain, at_least=0.97),
+        ratio_row("overhead", f"ganray / plain, whole run (summary.json), {t}", run.summary["img_per_s"], plain_all,
                   at_least=0.97, note="includes first step and reports"),
-        ratio_row("overhead", "ganray / plain, fastest window each", st["best_img_per_s"], plain_best,
+        ratio_row("overhead", f"ganray / plain, fastest window each, {t}", st["best_img_per_s"], plain_best,
                   at_least=0.97, note="the estimate to read on a busy machine"),
-        Row("data", "data_wait_frac, steady (metrics.csv)", st["data_wait_frac"], "", "<= 0.02",
+        Row("data", f"data_wait_frac, steady (metrics.csv), {t}", st["data_wait_frac"], "", "<= 0.02",
             None if st["data_wait_frac"] is None else st["data_wait_frac"] <= 0.02),
     ]
 
@@ -349,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the results here (default: benchmarks.json)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     p.add_argument("--data", default=None, help="data.source (default: the shared MNIST test set, else digits)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for overhead/eval (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for overhead/eval (default: all cores; overhead also at 1 thread)")
     p.add_argument("--device", default="cpu", help="gpu benchmark only: cuda or cpu (tiny sizes on cpu)")
     p.add_argument("--keep", type=Path, default=None, help="keep run folders here instead of a temp folder")
     args = p.parse_args(argv)
@@ -363,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ganray-bench-") as tmp:
         out = args.keep or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        ctx = Ctx(QUICK if args.quick else FULL, args.data or default_source(), args.threads or os.cpu_count() or 1,
+        cores = os.cpu_count() or 1
+        ctx = Ctx(QUICK if args.quick else FULL, args.data or default_source(), args.threads or cores,
                   out, args.quick, args.device)
+        ctx.overhead_threads = ((args.threads or cores,) if args.threads or args.quick
+                                else tuple(sorted({1, cores})))
         report = {"machine": machine(), "quick": args.quick, "source": ctx.source, "started": time.strftime("%F %T"),
                   "benchmarks": {}}
         rows: list[Row] = []

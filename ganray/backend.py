@@ -6,7 +6,8 @@ unpickles the backend config before it starts a single worker: every run paid a 
 never touches a tensor. `ProcessGroupConfig` does what `TorchConfig(init_method="env")` does for
 ganray (the backend, the rendezvous, the torch.distributed environment variables, the
 shutdown; the CUDA device through Ray's own context manager), and only the functions it runs on
-the workers import torch.
+the workers import torch. One difference: a run of one worker gets torchrun's variables but no
+process group (`ganray.dist` needs none at world size 1).
 
 It implements Ray Train's documented `Backend`/`BackendConfig` interface; the worker-group
 calls (`execute`, `execute_single`, `execute_single_async`, `execute_async`) are the ones Ray's
@@ -73,6 +74,10 @@ class _ProcessGroupBackend(Backend):
         addr, port = worker_group.execute_single(0, get_address_and_port)
         worker_group.execute(_set_env, addr=addr, port=port, backend=backend_config.backend)
         world = len(worker_group)
+        if world == 1:
+            # Nobody to talk to: ganray.dist runs without a group at world size 1, and a group
+            # of one would keep gloo's TCP store and I/O thread busy beside the training threads.
+            return
         ray.get([
             worker_group.execute_single_async(i, _init_process_group, backend=backend_config.backend,
                                               world_rank=i, world_size=world, timeout_s=backend_config.timeout_s)
@@ -80,8 +85,7 @@ class _ProcessGroupBackend(Backend):
         ])
 
     def on_shutdown(self, worker_group, backend_config: ProcessGroupConfig):
-        # Like Ray's backend: a group of one is left to die with its process.
-        futures = worker_group.execute_async(_shut_down, destroy=len(worker_group) > 1)
+        futures = worker_group.execute_async(_shut_down)
         timeout_s = float(os.environ.get(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
                                          DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S))
         try:
@@ -116,11 +120,11 @@ def _init_process_group(backend: str, world_rank: int, world_size: int, timeout_
                             timeout=timedelta(seconds=timeout_s))
 
 
-def _shut_down(destroy: bool) -> None:
+def _shut_down() -> None:
     import torch
     import torch.distributed as dist
 
-    if destroy and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -260,11 +260,11 @@ def _prepare_eval(cfg: Config, info) -> dict | None:
 
 def build_trainer(p: Prepared, *, callbacks=()):
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from ganray.backend import ProcessGroupConfig
     from ganray.faults import forwarded_env
     from ganray.train_loop import train_worker
+    from ganray.trainer import GanTrainer
 
     cfg = p.cfg
     use_gpu = _use_gpu(cfg)
@@ -279,7 +279,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
         data = {"datasets": {"train": p.dataset},
                 "dataset_config": ray.train.DataConfig(execution_options=_ordered())}
         loop_config = p.loop_config
-    return TorchTrainer(
+    return GanTrainer(
         train_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(

@@ -58,3 +58,40 @@ def test_unknown_backend_is_named():
 
     with pytest.raises(ValueError, match=r"ProcessGroupConfig.backend must be one of \('gloo', 'nccl'\), got 'mpi'"):
         ProcessGroupConfig(backend="mpi")
+
+
+class _Group:
+    """A stand-in worker group that records what the backend asks the workers to run."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, []
+
+    def __len__(self):
+        return self.n
+
+    def execute_single(self, rank, fn, *args, **kwargs):
+        self.calls.append((fn.__name__, rank))
+        return "127.0.0.1", 29500
+
+    def execute(self, fn, *args, **kwargs):
+        self.calls.append((fn.__name__, "all"))
+
+    def execute_single_async(self, rank, fn, *args, **kwargs):
+        import ray
+
+        self.calls.append((fn.__name__, rank))
+        return ray.put(None)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_process_group_only_with_someone_to_talk_to(ray_session, workers):
+    """torchrun's variables on every rank; a gloo group only at world size 2 and more (a group
+    of one would run gloo's store and I/O thread for nothing; ganray.dist needs none)."""
+    from ganray.backend import ProcessGroupConfig
+
+    cfg = ProcessGroupConfig(backend="gloo")
+    group = _Group(workers)
+    cfg.backend_cls().on_start(group, cfg)
+    assert ("_set_env", "all") in group.calls
+    inits = [rank for name, rank in group.calls if name == "_init_process_group"]
+    assert inits == ([] if workers == 1 else list(range(workers)))

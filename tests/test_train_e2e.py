@@ -20,11 +20,22 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
+_RUN_ACTORS: list[str] = []  # class names of the actors the digits run started
+
+
+def _actors() -> dict:
+    from ray._private.state import actors  # GCS's actor table; Ray's state API needs the dashboard
+
+    return actors()
+
+
 @pytest.fixture(scope="module")
 def digits_run(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
+    before = set(_actors())
     rc = main(["train", *TINY, "--data", "digits", "--out", str(out), "--name", "d1", "--steps", "8"])
     assert rc == 0
+    _RUN_ACTORS[:] = [a["ActorClassName"] for k, a in _actors().items() if k not in before]
     return out / "d1"
 
 
@@ -45,6 +56,13 @@ def test_run_folder_has_everything(digits_run):
     state = load_state(ckpts[-1])  # weights_only=True inside
     assert state["step"] == 8 and set(state) >= {"G", "D", "G_ema", "opt_g", "opt_d", "images_seen"}
     assert (ckpts[-1] / "generator.safetensors").is_file()
+
+
+def test_cached_data_starts_no_ray_data_actors(digits_run):
+    """Cached data goes to the workers as fixed splits: no Ray Data split coordinator and no
+    dataset manager beside them (ganray.trainer), while Ray Train's own actors are there."""
+    assert "TrainController" in _RUN_ACTORS and _RUN_ACTORS.count("RayTrainWorker") == 1
+    assert not [a for a in _RUN_ACTORS if "Dataset" in a or "SplitCoordinator" in a], _RUN_ACTORS
 
 
 def test_sample_png_and_npz(digits_run, tmp_path):
