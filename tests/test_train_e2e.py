@@ -24,7 +24,8 @@ _RUN_ACTORS: list[str] = []  # class names of the actors the digits run started
 
 
 def _actors() -> dict:
-    from ray._private.state import actors  # GCS's actor table; Ray's state API needs the dashboard
+    # GCS's actor table: Ray's state API needs the dashboard, which test sessions do not start.
+    from ray._private.state import actors
 
     return actors()
 
