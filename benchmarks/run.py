@@ -376,10 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.keep or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         cores = os.cpu_count() or 1
+        one_count = bool(args.threads or args.quick)
         ctx = Ctx(QUICK if args.quick else FULL, args.data or default_source(), args.threads or cores,
-                  out, args.quick, args.device)
-        ctx.overhead_threads = ((args.threads or cores,) if args.threads or args.quick
-                                else tuple(sorted({1, cores})))
+                  out, args.quick, args.device,
+                  overhead_threads=(args.threads or cores,) if one_count else tuple(sorted({1, cores})))
         report = {"machine": machine(), "quick": args.quick, "source": ctx.source, "started": time.strftime("%F %T"),
                   "benchmarks": {}}
         rows: list[Row] = []
