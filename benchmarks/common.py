@@ -65,9 +65,14 @@ class Row:
         return asdict(self)
 
 
+def ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, or None where either is missing (or den is 0)."""
+    return num / den if num and den else None
+
+
 def ratio_row(benchmark: str, measurement: str, num: float | None, den: float | None, *, at_least: float,
               note: str = "") -> Row:
-    value = num / den if num and den else None
+    value = ratio(num, den)
     return Row(benchmark, measurement, value, "x", f">= {at_least:g}", None if value is None else value >= at_least,
                note)
 
@@ -185,11 +190,13 @@ def steady(rows: list[dict], batch_images_per_step: int) -> dict:
 
 
 def run_plain(overrides: list[str], *, steps: int, report_every: int, threads: int, out: Path,
-              name: str, preset: str = "mnist") -> dict:
-    """benchmarks/plain_loop.py in a subprocess (a fresh process, like the ganray run)."""
+              name: str, preset: str = "mnist", workers: int = 1) -> dict:
+    """benchmarks/plain_loop.py in a subprocess (a fresh process, like the ganray run); with
+    workers > 1, plain DDP in that many processes."""
     path = out / f"{name}.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), "--preset", preset, "--steps", str(steps),
-           "--report-every", str(report_every), "--threads", str(threads), "--json", str(path)]
+           "--report-every", str(report_every), "--threads", str(threads), "--workers", str(workers),
+           "--json", str(path)]
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

@@ -1,7 +1,8 @@
-"""The single-process PyTorch baseline: ganray's model and step math, no Ray, no Ray Data.
+"""The plain PyTorch baseline: ganray's model and step math, no Ray, no Ray Data.
 
     python benchmarks/plain_loop.py [--preset mnist] [--set train.batch_size_per_worker=64 ...]
-                                    [--steps 200] [--report-every 20] [--threads 2] [--json out.json]
+                                    [--steps 200] [--report-every 20] [--threads 2] [--workers 1]
+                                    [--json out.json]
 
 The data is held in one float32 tensor (N x C x H x W in [-1, 1], on the device) and each
 epoch is a random permutation of it, so reading a batch is one index_select. Everything
@@ -14,6 +15,11 @@ plain_img_per_s is the price of the Ray layer and of that guard.
 
 img/s is measured like ganray's metrics.csv: over windows of `report_every` steps, the first
 window (warm-up: allocator, oneDNN primitive caches) left out.
+
+`--workers N` (N > 1) is plain DDP: N processes from `torch.multiprocessing` with a gloo process
+group, each the loop above with G and D wrapped as ganray's workers wrap them (`dist.wrap_ddp`),
+its own rows (rank::N) and noise seeds; img/s is the sum over ranks. It is the reference for
+ganray's data-parallel scaling on the same machine: what PyTorch alone gets from N workers.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from ganray import dist  # noqa: E402
 from ganray.config import Config, load_config  # noqa: E402
 from ganray.state import build_state  # noqa: E402
 from ganray.steps import Precision, lr_factor, train_step  # noqa: E402
@@ -100,7 +107,8 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
         raise ValueError(f"data has {len(real_all)} images, fewer than train.batch_size_per_worker={B}")
     prec = Precision.create(cfg.train.precision, device)
     st = build_state(cfg, None, device)
-    G, D = st.G, st.D
+    G, D = dist.wrap_ddp(st.G, device), dist.wrap_ddp(st.D, device)  # unchanged without a process group
+    rank = dist.rank()
     if cfg.train.compile:
         G, D = torch.compile(G), torch.compile(D)
     d_steps = cfg.optim.d_steps
@@ -117,7 +125,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
             for opt, lr in ((st.opt_g, cfg.optim.lr_g), (st.opt_d, cfg.optim.lr_d)):
                 for group in opt.param_groups:
                     group["lr"] = lr * lr_factor(cfg.optim.lr_schedule, step / steps)
-            gen = torch.Generator(device).manual_seed(seed_for(cfg.train.seed, 0, step))
+            gen = torch.Generator(device).manual_seed(seed_for(cfg.train.seed, rank, step))
             reals = []
             for _ in range(d_steps):
                 if pos + B > len(order):
@@ -161,6 +169,65 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
     }
 
 
+def plain_ddp(cfg: Config, *, workers: int, steps: int, report_every: int, threads: int = 1,
+              timeout_s: float = 1800) -> dict:
+    """`plain_loop` in `workers` processes under DDP (gloo, CPU); img/s summed over ranks."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    if workers < 2:
+        raise ValueError(f"plain_ddp needs workers >= 2, got {workers}")
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_rank, args=(cfg.to_dict(), r, workers, port, steps, report_every, threads, results))
+             for r in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        outs = sorted((results.get(timeout=timeout_s) for _ in procs), key=lambda o: o["rank"])
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    failed = [o for o in outs if "error" in o]
+    if failed:
+        raise RuntimeError(f"plain DDP rank {failed[0]['rank']} failed:\n{failed[0]['error']}")
+    total = dict(outs[0])
+    for key in ("img_per_s", "best_img_per_s"):
+        total[key] = sum(o[key] for o in outs)
+    total["window_img_per_s"] = [round(sum(w), 1) for w in zip(*(o["window_img_per_s"] for o in outs))]
+    total["wall_s"] = max(o["wall_s"] for o in outs)
+    total.update(workers=workers, per_rank_img_per_s=[o["img_per_s"] for o in outs])
+    return total
+
+
+def _ddp_rank(cfg_dict: dict, rank: int, world: int, port: int, steps: int, report_every: int, threads: int,
+              results) -> None:
+    import os
+    import traceback
+
+    import torch.distributed as torch_dist
+
+    from ganray.config import from_dict
+
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(threads)
+        torch_dist.init_process_group("gloo", rank=rank, world_size=world)
+        cfg = from_dict(cfg_dict)
+        images = load_images(cfg, torch.device("cpu"))[rank::world].contiguous()
+        out = plain_loop(cfg, steps=steps, report_every=report_every, threads=threads, images=images)
+        results.put({**out, "rank": rank})
+        torch_dist.destroy_process_group()
+    except Exception:  # the parent reports it; a silent child would leave it waiting
+        results.put({"rank": rank, "error": traceback.format_exc()})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mnist")
@@ -169,13 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-every", type=int, default=20, help="steps per img/s window")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="processes; more than 1: plain DDP over gloo (CPU)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     cfg = load_config(None, args.overrides, preset=args.preset)
-    out = plain_loop(cfg, steps=args.steps, report_every=args.report_every, device=args.device,
-                     threads=args.threads)
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:
+        if args.device != "cpu":
+            p.error("--workers > 1 runs on the CPU only (gloo)")
+        out = plain_ddp(cfg, workers=args.workers, steps=args.steps, report_every=args.report_every,
+                        threads=args.threads or 1)
+    else:
+        out = plain_loop(cfg, steps=args.steps, report_every=args.report_every, device=args.device,
+                         threads=args.threads)
     print(f"plain loop: {out['img_per_s']:.1f} img/s steady ({out['steps']} steps, batch {out['batch']}, "
-          f"{out['threads']} threads, {out['device']}, first step {out['first_step_s']:.2f} s)")
+          f"{out['threads']} threads, {args.workers} worker(s), {out['device']}, "
+          f"first step {out['first_step_s']:.2f} s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0

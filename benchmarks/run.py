@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     load_avg,
     machine,
     print_table,
+    ratio,
     ratio_row,
     run_ganray,
     run_plain,
@@ -159,6 +160,10 @@ def _overhead_at(ctx: Ctx, threads: int) -> list[Row]:
 
 
 def bench_scaling(ctx: Ctx) -> list[Row]:
+    """ganray 2 workers / 1 worker, both at 1 thread each, and beside it the same ratio for plain
+    PyTorch (one process, and DDP over gloo in two): how much of the machine's own DDP scaling
+    ganray keeps. Order ganray 1, ganray 2, plain 2, plain 1, so a slow drift in the machine's
+    speed tilts the two ratios the same way (each pairs a run with its mirror image)."""
     s = ctx.size
     n = s.scaling_steps
     rates = {}
@@ -166,12 +171,27 @@ def bench_scaling(ctx: Ctx) -> list[Row]:
         run = run_ganray(ctx.out, f"scaling{workers}", ctx.model() + _ganray_len(ctx, n, s.report // 2)
                          + ["train.threads_per_worker=1", f"train.workers={workers}"], preset=SPEED_PRESET)
         rates[workers] = steady(run.rows, s.batch * workers)
-    ctx.details["scaling"] = rates
+    model = ctx.model() + ["eval.features=none"]
+    plain = {workers: run_plain(model, steps=n, report_every=s.report // 2, threads=1, out=ctx.out,
+                                name=f"scaling_plain{workers}", preset=SPEED_PRESET, workers=workers)
+             for workers in (2, 1)}
+    ctx.details["scaling"] = {**rates, "plain": plain}
+    ganray_ratio = ratio(rates[2]["img_per_s"], rates[1]["img_per_s"])
+    plain_ratio = ratio(plain[2]["img_per_s"], plain[1]["img_per_s"])
     return [
         Row("scaling", "1 worker x 1 thread img/s (steady)", rates[1]["img_per_s"], "img/s", note=f"{n} steps"),
         Row("scaling", "2 workers x 1 thread img/s (steady)", rates[2]["img_per_s"], "img/s"),
         ratio_row("scaling", "2 workers / 1 worker", rates[2]["img_per_s"], rates[1]["img_per_s"], at_least=1.8,
                   note="meaningful only on an otherwise idle machine"),
+        Row("scaling", "plain PyTorch, 1 process x 1 thread img/s", plain[1]["img_per_s"], "img/s"),
+        Row("scaling", "plain PyTorch DDP, 2 processes x 1 thread img/s", plain[2]["img_per_s"], "img/s",
+            note="gloo, no Ray"),
+        Row("scaling", "plain DDP 2 / plain 1 (the machine's own DDP scaling)", plain_ratio, "x"),
+        Row("scaling", "ganray 1 worker / plain 1 process", ratio(rates[1]["img_per_s"], plain[1]["img_per_s"]), "x"),
+        Row("scaling", "ganray 2 workers / plain DDP 2 processes", ratio(rates[2]["img_per_s"], plain[2]["img_per_s"]),
+            "x"),
+        Row("scaling", "ganray's scaling / plain DDP's", ratio(ganray_ratio, plain_ratio), "x",
+            note="1.0: ganray keeps all of what DDP gets here"),
     ]
 
 

@@ -67,6 +67,20 @@ def test_plain_loop_trains_and_measures():
     assert all(v == v for v in out["final"].values())  # finite statistics, not NaN
 
 
+def test_plain_ddp_runs_two_ranks_and_sums_them():
+    """The scaling benchmark's plain-PyTorch reference: two processes under DDP (gloo)."""
+    from plain_loop import plain_ddp
+
+    cfg = debug()
+    cfg.data.source = "digits"
+    out = plain_ddp(cfg, workers=2, steps=4, report_every=2, threads=1)
+    assert out["workers"] == 2 and len(out["per_rank_img_per_s"]) == 2
+    assert out["img_per_s"] == pytest.approx(sum(out["per_rank_img_per_s"]))
+    assert len(out["window_img_per_s"]) == 2 and all(v == v for v in out["final"].values())
+    with pytest.raises(ValueError, match="workers >= 2"):
+        plain_ddp(cfg, workers=1, steps=4, report_every=2)
+
+
 def test_run_rejects_unknown_benchmark(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "nope", "--json", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=120)
