@@ -48,11 +48,9 @@ class ProcessGroupConfig(BackendConfig):
 
     @property
     def train_func_context(self):
-        # Ray's (it makes the worker's GPU the current device). Read on the driver, where the
-        # training function is wrapped, never in the controller; the workers import torch anyway.
-        from ray.train.torch.config import TorchConfigContextManager
-
-        return TorchConfigContextManager
+        # Read on the driver, where the training function is wrapped: a class whose module is
+        # torch-free (see _DeviceContext).
+        return _DeviceContext
 
     @property
     def framework(self):
@@ -62,6 +60,20 @@ class ProcessGroupConfig(BackendConfig):
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "init_method": "env", "timeout_s": self.timeout_s}
+
+
+class _DeviceContext:
+    """Ray's `TorchConfigContextManager` (it makes the worker's GPU the current device), imported
+    when the worker enters it: its module imports torch, which the driver does not need."""
+
+    def __enter__(self):
+        from ray.train.torch.config import TorchConfigContextManager
+
+        self._inner = TorchConfigContextManager()
+        return self._inner.__enter__()
+
+    def __exit__(self, *exc):
+        return self._inner.__exit__(*exc)
 
 
 class _ProcessGroupBackend(Backend):

@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the driver imports this module for forwarded_env: no torch there
+    import torch
 
 PREFIX = "GANRAY_FAULT_"
 
@@ -57,6 +59,8 @@ def nan_batch(step: int, rank: int) -> bool:
 
 def maybe_poison_weight(G: torch.nn.Module, step: int, rank: int) -> None:
     if rank == 0 and _int("NAN_WEIGHT_AT") == step and _first_time("weight", step):
+        import torch
+
         with torch.no_grad():
             next(G.parameters()).view(-1)[0] = float("nan")
 

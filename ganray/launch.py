@@ -263,8 +263,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
 
     from ganray.backend import ProcessGroupConfig
     from ganray.faults import forwarded_env
-    from ganray.train_loop import train_worker
-    from ganray.trainer import GanTrainer
+    from ganray.trainer import GanTrainer, train_worker
 
     cfg = p.cfg
     use_gpu = _use_gpu(cfg)
@@ -288,7 +287,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
             resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})},
             placement_strategy=cfg.train.placement_strategy,
         ),
-        torch_config=ProcessGroupConfig(backend="nccl" if use_gpu else "gloo"),
+        backend_config=ProcessGroupConfig(backend="nccl" if use_gpu else "gloo"),
         **data,
         run_config=ray.train.RunConfig(
             name=p.name,

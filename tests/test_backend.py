@@ -49,7 +49,9 @@ def test_same_contract_as_ray_torch_config():
     ours, rays = ProcessGroupConfig(backend="nccl", timeout_s=60), TorchConfig(backend="nccl", timeout_s=60)
     assert ours.to_dict() == rays.to_dict()
     assert ours.framework == rays.framework
-    assert ours.train_func_context is rays.train_func_context
+    ctx = ours.train_func_context()  # Ray's context manager, imported when a worker enters it
+    with ctx:
+        assert isinstance(ctx._inner, rays.train_func_context)
     assert ours.backend_cls.share_cuda_visible_devices == rays.backend_cls.share_cuda_visible_devices is True
 
 

@@ -1,6 +1,13 @@
-"""ganray.trainer.GanTrainer: Ray's TorchTrainer less the dataset manager of a run without datasets."""
+"""ganray.trainer.GanTrainer: Ray's data-parallel trainer with ganray's backend, no torch on the
+driver, and no dataset manager for a run without datasets."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
 
 
 def _trainer(cls, **kwargs):
@@ -8,8 +15,9 @@ def _trainer(cls, **kwargs):
 
     from ganray.backend import ProcessGroupConfig
 
+    key = "torch_config" if cls.__name__ == "TorchTrainer" else "backend_config"
     return cls(lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1),
-               torch_config=ProcessGroupConfig(), **kwargs)
+               **{key: ProcessGroupConfig()}, **kwargs)
 
 
 def _has_datasets_callback(trainer) -> bool:
@@ -28,7 +36,44 @@ def test_dataset_manager_only_with_datasets(ray_session):
     assert _has_datasets_callback(_trainer(TorchTrainer))
     assert not _has_datasets_callback(_trainer(GanTrainer))
     assert _has_datasets_callback(_trainer(GanTrainer, datasets={"train": ray.data.range(4)}))
-    # Everything else Ray's trainer sets up stays.
+    # Everything else Ray's TorchTrainer sets up stays.
     ours = [type(c) for c in _trainer(GanTrainer)._create_default_callbacks()]
     rays = [type(c) for c in _trainer(TorchTrainer)._create_default_callbacks()]
     assert ours == [t for t in rays if t.__name__ != "DatasetsCallback"]
+
+
+def test_refuses_what_it_cannot_run():
+    import ray.train
+
+    from ganray.trainer import GanTrainer
+
+    with pytest.raises(TypeError, match="ProcessGroupConfig"):
+        GanTrainer(backend_config=ray.train.backend.BackendConfig())
+    with pytest.raises(ValueError, match="num_workers >= 1"):
+        GanTrainer(scaling_config=ray.train.ScalingConfig(num_workers=0))
+
+
+def test_driver_builds_a_run_without_importing_torch(tmp_path, ray_session):
+    """A run without evaluation, and every Tune trial (its evaluation inputs are prepared once
+    per search), builds its trainer without torch: a fresh interpreter proves it, since this
+    test process has torch loaded already. A single import anywhere on the path fails it.
+    The interpreter joins the test session's Ray instance."""
+    import os
+
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    script = textwrap.dedent(f"""
+        import sys
+        from ganray.config import debug
+        from ganray.launch import build_trainer, ensure_ray, prepare
+        cfg = debug()
+        cfg.data.source = "digits"
+        cfg.run.out = {str(tmp_path)!r}
+        cfg.eval.features = "none"
+        ensure_ray(1)
+        trainer = build_trainer(prepare(cfg))
+        trainer.backend_config.train_func_context  # read on the driver when fit() wraps the function
+        print(type(trainer).__name__, "torch" in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["GanTrainer", "False"]
