@@ -132,26 +132,64 @@ def test_all_gather_cat_is_identity_at_world_size_one():
 
 def test_prepare_eval_reads_the_real_images_only_until_classifier_and_statistics_are_cached(
         ray_session, tmp_path, monkeypatch):
-    """A run's start-up must not decode the dataset a second time once evaluation is cached."""
+    """A run's start-up must not decode the dataset a second time once evaluation is cached,
+    nor build the feature network (the cached files are read without torch), and it must ship
+    the same classifier and statistics either way."""
+    import ray
+
     from ganray.config import debug
     from ganray.data import load_arrays
-    from ganray.metrics import realdata
+    from ganray.metrics import features, realdata
     from ganray.metrics.training import prepare_eval
 
     cfg = debug()  # the built-in digits, 16 px
     cfg.eval.features, cfg.eval.cache_dir, cfg.eval.fid_samples = "classifier", str(tmp_path), 512
     info = load_arrays(cfg.data, limit=1)[2]
-    loads = []
-    real_load = realdata.load_real_data
+    loads, builds = [], []
+    real_load, real_build = realdata.load_real_data, features.build_feature_net
     monkeypatch.setattr(realdata, "load_real_data", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(features, "build_feature_net", lambda *a, **k: builds.append(1) or real_build(*a, **k))
     with pytest.warns(UserWarning, match="fid_samples=512"):
         first = prepare_eval(cfg, info)  # trains the classifier, computes and caches the statistics
-    assert loads == [1] and len(list(tmp_path.glob("stats_*.npz"))) == 1
+    assert loads == [1] and builds == [1] and len(list(tmp_path.glob("stats_*.npz"))) == 1
     with pytest.warns(UserWarning, match="fid_samples=512"):
         again = prepare_eval(cfg, info)
-    assert loads == [1]  # nothing decoded the second time
-    import ray
+    assert loads == [1] and builds == [1]  # nothing decoded or built the second time
+    (mu1, cov1, n1, f1), (mu2, cov2, n2, f2) = ray.get(first["real"]), ray.get(again["real"])
+    assert n2 == n1 == 512 and f1 is None and f2 is None
+    np.testing.assert_allclose(mu2, mu1, rtol=1e-12)
+    np.testing.assert_allclose(cov2, cov1, rtol=1e-9, atol=1e-12)
+    assert ray.get(again["net"]) == ray.get(first["net"])
+    assert again["feature_name"] == first["feature_name"] == "classifier"
 
-    (s1, _), (s2, _) = ray.get(first["real"]), ray.get(again["real"])
-    assert s2.count == s1.count == 512
-    np.testing.assert_allclose(s2.mean_cov()[0], s1.mean_cov()[0], rtol=1e-12)
+
+def test_cached_evaluation_inputs_fall_back_to_the_full_path_on_anything_unexpected(tmp_path):
+    """The torch-free read answers only for an exact cache hit; anything else goes to the path
+    that builds, checks and names the problem."""
+    from ganray.config import debug
+    from ganray.data import load_arrays
+    from ganray.metrics import cachefiles
+    from ganray.metrics.training import _built_inputs, _cached_classifier_inputs
+
+    cfg = debug()
+    cfg.eval.features, cfg.eval.cache_dir, cfg.eval.fid_samples = "auto", str(tmp_path), 256
+    info = load_arrays(cfg.data, limit=1)[2]
+    assert _cached_classifier_inputs(cfg, info, 0) is None  # nothing cached yet
+    built = _built_inputs(cfg, info, 0)
+    hit = _cached_classifier_inputs(cfg, info, 0)
+    assert hit is not None and hit[0] == built[0] and hit[1][2] == built[1][2] == 256
+    assert _cached_classifier_inputs(cfg, info, 256) is None  # KID/PR need raw features the file lacks
+    other = cfg.model_copy(deep=True)
+    other.eval.fid_samples = 512  # no statistics for this count yet
+    assert _cached_classifier_inputs(other, info, 0) is None
+    other = cfg.model_copy(deep=True)
+    other.data.resolution = 32  # the cached classifier is 16 px: the full path names the mismatch
+    assert _cached_classifier_inputs(other, info, 0) is None
+    other = cfg.model_copy(deep=True)
+    other.eval.features = "inception"
+    assert _cached_classifier_inputs(other, info, 0) is None
+    clf_path = cachefiles.default_classifier_path(tmp_path, info.fingerprint)
+    clf_path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    assert _cached_classifier_inputs(cfg, info, 0) is None
+    with pytest.raises(ValueError, match="cannot read classifier"):
+        cachefiles.classifier_meta(clf_path.read_bytes(), str(clf_path))

@@ -54,26 +54,34 @@ def test_refuses_what_it_cannot_run():
 
 
 def test_driver_builds_a_run_without_importing_torch(tmp_path, ray_session):
-    """A run without evaluation, and every Tune trial (its evaluation inputs are prepared once
-    per search), builds its trainer without torch: a fresh interpreter proves it, since this
-    test process has torch loaded already. A single import anywhere on the path fails it.
-    The interpreter joins the test session's Ray instance."""
+    """`ganray train`'s driver with evaluation on and cached (every run after the first on a
+    dataset) prepares the run and builds its trainer without importing torch; so does a Tune
+    trial, which gets its evaluation inputs from the search. A fresh interpreter proves it,
+    since this test process has torch loaded already: a single import anywhere on the path
+    fails it. The interpreter joins the test session's Ray instance."""
     import os
 
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    from ganray.config import debug
+    from ganray.data import load_arrays
+    from ganray.metrics.training import prepare_eval
+
+    cfg = debug()  # the built-in digits
+    cfg.eval.features, cfg.eval.cache_dir, cfg.eval.fid_samples = "classifier", str(tmp_path / "cache"), 2048
+    assert prepare_eval(cfg, load_arrays(cfg.data, limit=1)[2]) is not None  # trains and caches, with torch
     script = textwrap.dedent(f"""
         import sys
         from ganray.config import debug
         from ganray.launch import build_trainer, ensure_ray, prepare
         cfg = debug()
-        cfg.data.source = "digits"
-        cfg.run.out = {str(tmp_path)!r}
-        cfg.eval.features = "none"
+        cfg.run.out = {str(tmp_path / "runs")!r}
+        cfg.eval.features, cfg.eval.cache_dir, cfg.eval.fid_samples = "classifier", {cfg.eval.cache_dir!r}, 2048
         ensure_ray(1)
-        trainer = build_trainer(prepare(cfg))
+        p = prepare(cfg)
+        trainer = build_trainer(p)
         trainer.backend_config.train_func_context  # read on the driver when fit() wraps the function
-        print(type(trainer).__name__, "torch" in sys.modules)
+        print(type(trainer).__name__, p.loop_config["eval"]["feature_name"], "torch" in sys.modules)
     """)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-2:] == ["GanTrainer", "False"]
+    assert proc.stdout.split()[-3:] == ["GanTrainer", "classifier", "False"]

@@ -8,7 +8,6 @@ fingerprint, resolution, channels, num_classes, held-out accuracy), so loading e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -20,11 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLASSIFIER_FORMAT = "ganray-classifier-v1"
-
-
-class ClassifierError(ValueError):
-    """A classifier file is missing, unreadable or does not fit the data."""
+from ganray.metrics.cachefiles import (  # noqa: F401 (default_classifier_path: re-exported)
+    CLASSIFIER_FORMAT,
+    ClassifierError,
+    classifier_fingerprint,
+    classifier_meta,
+    default_classifier_path,
+)
 
 
 class Classifier(nn.Module):
@@ -157,25 +158,15 @@ def classifier_from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Classifie
 
     try:
         state = load(data)
-        # safetensors layout: 8-byte little-endian header length, then a JSON header.
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     except (SafetensorError, ValueError, OSError) as e:
         raise ClassifierError(f"cannot read classifier {name}: {e}") from None
-    metadata = header.get("__metadata__") or {}
-    if metadata.get("format") != CLASSIFIER_FORMAT:
-        raise ClassifierError(f"{name} is not a ganray classifier (metadata format {metadata.get('format')!r})")
-    meta = ClassifierMeta(**json.loads(metadata["meta"]))
+    meta = ClassifierMeta(**classifier_meta(data, name))
     net = Classifier(meta.channels, meta.num_classes, width=meta.width, feature_dim=meta.feature_dim)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
         raise ClassifierError(f"classifier {name} does not match its metadata: {e}") from None
-    fingerprint = "clf-" + hashlib.sha256(data).hexdigest()[:16]
-    return net.eval(), meta, fingerprint
-
-
-def default_classifier_path(cache_dir: str | Path, dataset_fingerprint: str) -> Path:
-    return Path(cache_dir) / f"classifier_{dataset_fingerprint}.safetensors"
+    return net.eval(), meta, classifier_fingerprint(data)
 
 
 def as_float_images(images) -> torch.Tensor:

@@ -7,7 +7,6 @@ Its `fingerprint` identifies the weights; cached real statistics are keyed on it
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ import torch
 from ganray import dist
 from ganray.metrics import classifier as clf
 from ganray.metrics import inception
+from ganray.metrics.cachefiles import cache_dir
 
 
 class FeatureNet:
@@ -55,12 +55,6 @@ class FeatureNet:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.features_and_logits(x)[1]
-
-
-def cache_dir(eval_cfg=None) -> Path:
-    """eval.cache_dir, else $GANRAY_CACHE, else ~/.cache/ganray."""
-    configured = getattr(eval_cfg, "cache_dir", None) if eval_cfg is not None else None
-    return Path(configured or os.environ.get("GANRAY_CACHE") or "~/.cache/ganray").expanduser()
 
 
 def classifier_net(path_or_bytes: str | Path | bytes, device: str | torch.device = "cpu") -> FeatureNet:

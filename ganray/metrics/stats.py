@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ganray import dist
+from ganray.metrics.cachefiles import (
+    STATS_FORMAT,
+    StatsCacheError,
+    StatsKey,
+    read_stats,
+)
 
-STATS_FORMAT = "ganray-feature-stats-v1"
-
-
-class StatsCacheError(ValueError):
-    """A cached statistics file is unreadable or was computed for something else."""
+__all__ = ["STATS_FORMAT", "FeatureStats", "StatsCacheError", "StatsKey", "load_stats", "save_stats"]
 
 
 class FeatureStats:
@@ -87,19 +89,6 @@ class FeatureStats:
         return stats
 
 
-@dataclass(frozen=True)
-class StatsKey:
-    """What a real-data statistic depends on; stored in the file and compared on load."""
-
-    dataset: str  # dataset fingerprint
-    network: str  # feature network fingerprint (identity of its weights)
-    resolution: int
-    num_samples: int
-
-    def filename(self) -> str:
-        return f"stats_{self.dataset}_{self.network}_{self.resolution}px_{self.num_samples}.npz"
-
-
 def save_stats(path: str | Path, key: StatsKey, stats: FeatureStats, features: np.ndarray | None = None) -> Path:
     """Write mu, cov, count, the key and optional raw features atomically (temp file, os.replace)."""
     path = Path(path)
@@ -123,23 +112,5 @@ def save_stats(path: str | Path, key: StatsKey, stats: FeatureStats, features: n
 
 def load_stats(path: str | Path, key: StatsKey) -> tuple[FeatureStats, np.ndarray | None]:
     """(stats, raw features or None) from `path`, refusing a file whose key differs from `key`."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "format" not in z.files or str(z["format"]) != STATS_FORMAT:
-                raise StatsCacheError(f"{path} is not a ganray feature-statistics file")
-            stored = json.loads(str(z["key"]))
-            mu, cov, count = z["mu"], z["cov"], int(z["count"])
-            features = z["features"] if "features" in z.files else None
-    except StatsCacheError:
-        raise
-    except (OSError, ValueError, KeyError) as e:
-        raise StatsCacheError(f"cannot read cached statistics {path}: {type(e).__name__}: {e}") from None
-    expected = asdict(key)
-    wrong = [f"{k}: file has {stored.get(k)!r}, expected {v!r}" for k, v in expected.items() if stored.get(k) != v]
-    if wrong:
-        raise StatsCacheError(
-            f"refusing cached statistics {path}: computed for different inputs ({'; '.join(wrong)}); "
-            "delete the file or point eval.cache_dir elsewhere"
-        )
+    mu, cov, count, features = read_stats(path, key)
     return FeatureStats.from_mean_cov(mu, cov, count), features
