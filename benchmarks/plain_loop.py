@@ -39,10 +39,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ganray import dist  # noqa: E402
+from ganray.batches import seed_for  # noqa: E402
 from ganray.config import Config, load_config  # noqa: E402
 from ganray.state import build_state  # noqa: E402
 from ganray.steps import Precision, lr_factor, train_step  # noqa: E402
-from ganray.batches import seed_for  # noqa: E402
 
 
 def load_images(cfg: Config, device: torch.device, limit: int | None = None) -> torch.Tensor:
@@ -224,7 +224,7 @@ def _ddp_rank(cfg_dict: dict, rank: int, world: int, port: int, steps: int, repo
         out = plain_loop(cfg, steps=steps, report_every=report_every, threads=threads, images=images)
         results.put({**out, "rank": rank})
         torch_dist.destroy_process_group()
-    except Exception:  # the parent reports it; a silent child would leave it waiting
+    except Exception:  # noqa: BLE001 (any failure: the parent reports it; a silent child would leave it waiting)
         results.put({"rank": rank, "error": traceback.format_exc()})
 
 

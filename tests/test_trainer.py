@@ -82,6 +82,6 @@ def test_driver_builds_a_run_without_importing_torch(tmp_path, ray_session):
         print(type(trainer).__name__, p.loop_config["eval"]["feature_name"], "torch" in sys.modules)
     """)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-3:] == ["GanTrainer", "classifier", "False"]
