@@ -172,6 +172,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
 def plain_ddp(cfg: Config, *, workers: int, steps: int, report_every: int, threads: int = 1,
               timeout_s: float = 1800) -> dict:
     """`plain_loop` in `workers` processes under DDP (gloo, CPU); img/s summed over ranks."""
+    import queue
     import socket
 
     import torch.multiprocessing as mp
@@ -187,16 +188,29 @@ def plain_ddp(cfg: Config, *, workers: int, steps: int, report_every: int, threa
              for r in range(workers)]
     for proc in procs:
         proc.start()
+    outs: list[dict] = []
+    deadline = time.monotonic() + timeout_s
     try:
-        outs = sorted((results.get(timeout=timeout_s) for _ in procs), key=lambda o: o["rank"])
+        # One failed rank leaves the others waiting in a collective: stop at the first failure.
+        while len(outs) < workers:
+            try:
+                out = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"plain DDP: a rank's process exited with code {dead[0]} without a result") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"plain DDP: no result from every rank within {timeout_s:.0f} s") from None
+                continue
+            if "error" in out:
+                raise RuntimeError(f"plain DDP rank {out['rank']} failed:\n{out['error']}")
+            outs.append(out)
     finally:
         for proc in procs:
-            proc.join(timeout=30)
+            proc.join(timeout=30 if len(outs) == workers else 0)
             if proc.is_alive():
                 proc.kill()
-    failed = [o for o in outs if "error" in o]
-    if failed:
-        raise RuntimeError(f"plain DDP rank {failed[0]['rank']} failed:\n{failed[0]['error']}")
+    outs.sort(key=lambda o: o["rank"])
     total = dict(outs[0])
     for key in ("img_per_s", "best_img_per_s"):
         total[key] = sum(o[key] for o in outs)

@@ -80,6 +80,11 @@ def test_plain_ddp_runs_two_ranks_and_sums_them():
     assert len(out["window_img_per_s"]) == 2 and all(math.isfinite(v) for v in out["final"].values())
     with pytest.raises(ValueError, match="workers >= 2"):
         plain_ddp(cfg, workers=1, steps=4, report_every=2)
+    cfg.train.batch_size_per_worker = 5000  # more than a rank's rows: each rank fails, and says why
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"plain DDP rank \d failed:(.|\n)*fewer than train.batch_size_per_worker"):
+        plain_ddp(cfg, workers=2, steps=4, report_every=2, timeout_s=120)
+    assert time.monotonic() - t0 < 60
 
 
 def test_run_rejects_unknown_benchmark(tmp_path):

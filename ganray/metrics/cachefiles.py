@@ -56,7 +56,7 @@ def classifier_meta(data: bytes, name: str = "<bytes>") -> dict[str, Any]:
         header = json.loads(data[8 : 8 + size])
     except (ValueError, UnicodeDecodeError) as e:
         raise ClassifierError(f"cannot read classifier {name}: {e}") from None
-    metadata = header.get("__metadata__") or {} if isinstance(header, dict) else {}
+    metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
     if metadata.get("format") != CLASSIFIER_FORMAT:
         raise ClassifierError(f"{name} is not a ganray classifier (metadata format {metadata.get('format')!r})")
     try:
