@@ -90,17 +90,29 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     """Wrap one network for data parallelism, or return it unchanged at world size 1.
 
-    broadcast_buffers=False: a BatchNorm network called twice per step (D on real, then on
+    No buffer sync in forward: a BatchNorm network called twice per step (D on real, then on
     fake) would otherwise have its buffers overwritten in place between the two forward
-    passes ("modified by an inplace operation"); running statistics are averaged
-    explicitly with `average_buffers` instead.
+    passes ("modified by an inplace operation"); running statistics are averaged explicitly
+    with `average_buffers` instead. torch 2.13 renamed the switch (`broadcast_buffers` ->
+    `forward_sync_buffers`, which also syncs buffers once at wrap time: harmless, every rank
+    holds the same ones then) and warns on the old name; older releases know only the old one.
     """
     if not is_distributed():
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DDP(module, device_ids=device_ids, broadcast_buffers=False)
+    no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _ddp_parameters()
+                       else {"broadcast_buffers": False})
+    return DDP(module, device_ids=device_ids, **no_forward_sync)
+
+
+def _ddp_parameters() -> frozenset[str]:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return frozenset(inspect.signature(DDP.__init__).parameters)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,9 +70,14 @@ def consistency_worker(config: dict) -> None:
     import torch.distributed as torch_dist
 
     env = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    # ganray's DDP wrapper on this torch: no buffer sync in forward, and no deprecation warning.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrapped = dist.wrap_ddp(torch.nn.BatchNorm1d(2), torch.device("cpu"))
     (out / f"env_rank{rank}.json").write_text(json.dumps(
         {"env": env, "pg_rank": torch_dist.get_rank(), "pg_world": torch_dist.get_world_size(),
-         "pg_backend": torch_dist.get_backend()}))
+         "pg_backend": torch_dist.get_backend(), "ddp_type": type(wrapped).__name__,
+         "ddp_forward_buffer_sync": wrapped.broadcast_buffers, "ddp_warnings": [str(w.message) for w in caught]}))
     # (a) the default BatchNorm DCGAN, each rank on different data.
     cfg = debug()
     cfg.model.spectral_norm = True

@@ -39,6 +39,8 @@ def test_two_workers_stay_identical_and_match_one_big_batch(ray_session, tmp_pat
         assert (e["env"]["RANK"], e["env"]["WORLD_SIZE"], e["env"]["LOCAL_RANK"]) == (str(r), "2", str(r))
     assert envs[0]["env"]["MASTER_ADDR"] and envs[0]["env"]["MASTER_PORT"]
     assert len({(e["env"]["MASTER_ADDR"], e["env"]["MASTER_PORT"]) for e in envs}) == 1
+    for e in envs:  # the DDP wrapper: no buffer sync in forward, no deprecation warning from torch
+        assert (e["ddp_type"], e["ddp_forward_buffer_sync"], e["ddp_warnings"]) == ("DistributedDataParallel", False, [])
 
     # (a) BatchNorm DCGAN with spectral norm, different data per rank: every parameter and
     # buffer (BN running stats after averaging, SN power-iteration vectors, EMA) bitwise equal.
