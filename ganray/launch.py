@@ -1,4 +1,4 @@
-"""Driver side of a training run: Ray start-up, the dataset, the TorchTrainer, the summary.
+"""Driver side of a training run: Ray start-up, the dataset, the Ray Train trainer (ganray.trainer), the summary.
 
 Nothing here runs on the workers except `ProgressCallback`, which runs in Ray Train's
 controller actor and forwards rank 0's reports to the driver for the progress line.

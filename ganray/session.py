@@ -3,7 +3,7 @@
 `RayTrainSession` is the normal case: a Ray Train worker (context, dataset shard, checkpoint,
 report). `TuneSession` runs the same loop in-process inside a single-worker Tune trial and reports
 checkpoints to Tune itself, which is what lets Population Based Training copy one trial's
-checkpoint into another (Tune cannot see checkpoints that a nested TorchTrainer reports).
+checkpoint into another (Tune cannot see checkpoints that a nested Ray Train trainer reports).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The per-worker function TorchTrainer runs; the only worker-side caller of ray.train.
+"""The per-worker function Ray Train runs (through ganray.trainer.train_worker); the only
+worker-side caller of ray.train.
 
 Reads top to bottom like the PyTorch DCGAN example: (1) update D, (2) update G, then
 bookkeeping. Ray appears at the edges only: context, dataset shard, checkpoint, report.

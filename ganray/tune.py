@@ -1,9 +1,10 @@
 """Hyperparameter search: search spaces, GAN-aware stoppers, the per-trial driver, results.
 
-Each Tune trial is a full ganray run: a small driver function that builds a TorchTrainer with
-K workers and forwards its reports to Tune with TuneReportCallback (Ray Train V2's
-integration). The trial's run is named after the trial id, so a restored experiment resumes
-each unfinished trial's Ray Train run from its own latest checkpoint.
+Each Tune trial is a full ganray run: a small driver function that builds a Ray Train
+trainer (ganray.trainer.GanTrainer) with K workers and forwards its reports to Tune with
+TuneReportCallback (Ray Train V2's integration). The trial's run is named after the trial
+id, so a restored experiment resumes each unfinished trial's Ray Train run from its own
+latest checkpoint.
 """
 
 from __future__ import annotations

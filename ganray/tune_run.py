@@ -14,7 +14,7 @@ from ganray.raypg import tune_cleanup_callback
 from ganray.runfolder import RunFolder, storage_root
 from ganray.tune import GANStopper, apply_params, to_tune_space, trial_driver, validate_space
 
-DRIVER_CPU = 0.1  # a trial's driver only waits on its TorchTrainer
+DRIVER_CPU = 0.1  # a trial's driver only waits on its Ray Train trainer
 
 
 def tune_base_config(cfg: Config, grace_kimg: float | None = None) -> Config:
@@ -52,7 +52,7 @@ def max_concurrent(workers_per_trial: int, use_gpu: bool) -> int:
 
 
 # PBT and multi-worker trials: Tune copies checkpoints it was given through tune.report. A trial
-# that runs a TorchTrainer reports through TuneReportCallback, which passes metrics only, so PBT's
+# that runs a Ray Train trainer reports through TuneReportCallback, which passes metrics only, so PBT's
 # exploit step would find no checkpoint to copy. ganray therefore runs PBT trials with one worker
 # inside the trial process (ganray.session.TuneSession); multi-worker trials use ASHA or FIFO.
 
@@ -111,7 +111,7 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     # no trial changes them (~6 s less start-up per trial, BENCHMARKS.md); the trials get them
     # through the object store.
     inputs = load_inputs(base) if shares_inputs(space) else None
-    # A PBT trial trains in its own process (1 CPU); otherwise the trial only drives a TorchTrainer.
+    # A PBT trial trains in its own process (1 CPU); otherwise the trial only drives a Ray Train trainer.
     trainable = tune.with_resources(tune.with_parameters(trial_driver, inputs=inputs),
                                     {"cpu": 1 if inprocess else DRIVER_CPU})
     if resume:
