@@ -8,6 +8,8 @@ gradient hooks, buckets and one-rank all-reduces would cost time and change noth
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as torch_dist
 from torch import nn
@@ -107,6 +109,7 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     return DDP(module, device_ids=device_ids, **no_forward_sync)
 
 
+@functools.cache
 def _ddp_parameters() -> frozenset[str]:
     import inspect
 
