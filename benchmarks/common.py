@@ -12,14 +12,19 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def default_source() -> str:
@@ -75,6 +80,31 @@ def ratio_row(benchmark: str, measurement: str, num: float | None, den: float | 
     value = ratio(num, den)
     return Row(benchmark, measurement, value, "x", f">= {at_least:g}", None if value is None else value >= at_least,
                note)
+
+
+def median_ratio(nums: list[float | None], dens: list[float | None]) -> tuple[float | None, list[float | None]]:
+    """Each pair's ratio and their median (None where a pair's numbers are missing): pairs run
+    side by side, so the machine's slow drift divides out of each ratio, and the median keeps
+    one disturbed pair from deciding the result."""
+    ratios = [ratio(n, d) for n, d in zip(nums, dens, strict=True)]
+    found = [r for r in ratios if r is not None]
+    return (statistics.median(found) if found else None), ratios
+
+
+def alternating(rounds: int, first: Callable[[int], T], second: Callable[[int], U]) -> list[tuple[T, U]]:
+    """Run `first(i)` and `second(i)` for i in range(rounds), in the order first, second, then
+    second, first, and so on (ABBA...): a drift in the machine's speed favours neither side."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    pairs = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            a = first(i)
+            pairs.append((a, second(i)))
+        else:
+            b = second(i)
+            pairs.append((first(i), b))
+    return pairs
 
 
 def print_table(rows: list[Row]) -> None:

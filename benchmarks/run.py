@@ -8,7 +8,9 @@ before and after next to it; on a busy machine the numbers are noise, so read th
     overhead  (a) ganray, 1 worker, vs benchmarks/plain_loop.py (same model, step math, threads,
               steps), at 1 thread and at all cores: steady img/s from metrics.csv (first report
               skipped) and from summary.json; (c) data_wait_frac of that run
-    scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1)
+    scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1), beside
+              plain PyTorch DDP in 2 processes vs 1 process
+    Both run --rounds alternating pairs (ABBA...) and report the median of the pairs' ratios.
     ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
     startup   (d) command start -> first training step, with the phase breakdown from summary.json
     tune      (e) Tune trial start -> first training step, against the length of a default trial
@@ -40,7 +42,8 @@ from common import (  # noqa: E402
     load_avg,
     machine,
     print_table,
-    ratio,
+    alternating,
+    median_ratio,
     ratio_row,
     run_ganray,
     run_plain,
@@ -93,6 +96,7 @@ class Ctx:
     device: str = "cpu"
     details: dict = field(default_factory=dict)
     overhead_threads: tuple[int, ...] = ()
+    rounds: int = 1  # overhead and scaling: pairs run alternating; their ratios' median is the result
 
     def model(self, batch: int | None = None) -> list[str]:
         """Size overrides; overhead and scaling put them on the `dcgan` preset (SPEED_PRESET), so a
@@ -129,69 +133,108 @@ def bench_overhead(ctx: Ctx) -> list[Row]:
 
 
 def _overhead_at(ctx: Ctx, threads: int) -> list[Row]:
+    """`ctx.rounds` pairs of the plain loop and ganray, alternating (ABBA...); the target row is
+    the median of the pairs' ratios."""
     s = ctx.size
     model = ctx.model() + [f"train.threads_per_worker={threads}", "eval.features=none"]
-    plains = [run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
-                        name=f"plain_a{threads}", preset=SPEED_PRESET)]
-    run = run_ganray(ctx.out, f"overhead{threads}", ctx.model() + _ganray_len(ctx, s.steps, s.report)
-                     + [f"train.threads_per_worker={threads}", "train.workers=1"], preset=SPEED_PRESET)
-    if not ctx.quick:  # A B A: the mean of two baselines cancels a slow drift in machine load
-        plains.append(run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
-                                name=f"plain_b{threads}", preset=SPEED_PRESET))
-    plain = sum(p["img_per_s"] for p in plains) / len(plains)
-    plain_best = max(p["best_img_per_s"] for p in plains)
-    plain_all = sum(p["steps"] * p["batch"] / p["wall_s"] for p in plains) / len(plains)
-    st = steady(run.rows, s.batch)
+
+    def plain(i: int) -> dict:
+        return run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
+                         name=f"plain{threads}_{i}", preset=SPEED_PRESET)
+
+    def ganray(i: int):
+        return run_ganray(ctx.out, f"overhead{threads}_{i}", ctx.model() + _ganray_len(ctx, s.steps, s.report)
+                          + [f"train.threads_per_worker={threads}", "train.workers=1"], preset=SPEED_PRESET)
+
+    pairs = alternating(ctx.rounds, plain, ganray)
+    plains = [p for p, _ in pairs]
+    steadies = [steady(run.rows, s.batch) for _, run in pairs]
+    rate, ratios = median_ratio([st["img_per_s"] for st in steadies], [p["img_per_s"] for p in plains])
+    whole, _ = median_ratio([run.summary["img_per_s"] for _, run in pairs],
+                            [p["steps"] * p["batch"] / p["wall_s"] for p in plains])
+    best, _ = median_ratio([st["best_img_per_s"] for st in steadies], [p["best_img_per_s"] for p in plains])
+    waits = [st["data_wait_frac"] for st in steadies if st["data_wait_frac"] is not None]
+    wait = max(waits) if waits else None
     ctx.details.setdefault("overhead", {})[f"{threads}_threads"] = {
-        "plain": plains, "ganray_steady": st, "ganray_summary": run.summary, "ganray_rows": run.rows}
+        "plain": plains, "ganray_steady": steadies, "ratios": ratios,
+        "ganray_summary": [run.summary for _, run in pairs], "ganray_rows": [run.rows for _, run in pairs]}
     note = f"{s.steps} steps, batch {s.batch}, width {s.width}, report every {s.report} steps"
     t = f"{threads} thread{'s' if threads > 1 else ''}"
     return [
-        Row("overhead", f"plain loop img/s (steady), {t}", plain, "img/s", note=note),
-        Row("overhead", f"ganray 1 worker img/s (steady, metrics.csv), {t}", st["img_per_s"], "img/s"),
-        ratio_row("overhead", f"ganray / plain, steady (metrics.csv), {t}", st["img_per_s"], plain, at_least=0.97),
-        ratio_row("overhead", f"ganray / plain, whole run (summary.json), {t}", run.summary["img_per_s"], plain_all,
-                  at_least=0.97, note="includes first step and reports"),
-        ratio_row("overhead", f"ganray / plain, fastest window each, {t}", st["best_img_per_s"], plain_best,
-                  at_least=0.97, note="the estimate to read on a busy machine"),
-        Row("data", f"data_wait_frac, steady (metrics.csv), {t}", st["data_wait_frac"], "", "<= 0.02",
-            None if st["data_wait_frac"] is None else st["data_wait_frac"] <= 0.02),
+        Row("overhead", f"plain loop img/s (steady, mean), {t}", _mean([p["img_per_s"] for p in plains]), "img/s",
+            note=note),
+        Row("overhead", f"ganray 1 worker img/s (steady, mean), {t}", _mean([st["img_per_s"] for st in steadies]),
+            "img/s"),
+        Row("overhead", f"ganray / plain, steady (metrics.csv), {t}", rate, "x", ">= 0.97",
+            None if rate is None else rate >= 0.97, _rounds_note(ratios)),
+        Row("overhead", f"ganray / plain, whole run (summary.json), {t}", whole, "x", ">= 0.97",
+            None if whole is None else whole >= 0.97, "median; includes first step and reports"),
+        Row("overhead", f"ganray / plain, fastest window each, {t}", best, "x", ">= 0.97",
+            None if best is None else best >= 0.97, "median; the estimate to read on a busy machine"),
+        Row("data", f"data_wait_frac, steady (metrics.csv), {t}", wait, "", "<= 0.02",
+            None if wait is None else wait <= 0.02, "the highest of the rounds" if len(waits) > 1 else ""),
     ]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return sum(found) / len(found) if found else None
+
+
+def _rounds_note(ratios: list[float | None]) -> str:
+    if len(ratios) == 1:
+        return "one pair"
+    return f"median of {len(ratios)} pairs: " + ", ".join("-" if r is None else f"{r:.3f}" for r in ratios)
 
 
 def bench_scaling(ctx: Ctx) -> list[Row]:
     """ganray 2 workers / 1 worker, both at 1 thread each, and beside it the same ratio for plain
     PyTorch (one process, and DDP over gloo in two): how much of the machine's own DDP scaling
-    ganray keeps. Order ganray 1, ganray 2, plain 2, plain 1, so a slow drift in the machine's
-    speed tilts the two ratios the same way (each pairs a run with its mirror image)."""
+    ganray keeps. Each round runs ganray 1, ganray 2, plain 2, plain 1 (the next round in the
+    mirror order), so a slow drift in the machine's speed tilts the two ratios the same way;
+    the target row is the median of the rounds' ratios."""
     s = ctx.size
     n = s.scaling_steps
-    rates = {}
-    for workers in (1, 2):
-        run = run_ganray(ctx.out, f"scaling{workers}", ctx.model() + _ganray_len(ctx, n, s.report // 2)
-                         + ["train.threads_per_worker=1", f"train.workers={workers}"], preset=SPEED_PRESET)
-        rates[workers] = steady(run.rows, s.batch * workers)
-    model = ctx.model() + ["eval.features=none"]
-    plain = {workers: run_plain(model, steps=n, report_every=s.report // 2, threads=1, out=ctx.out,
-                                name=f"scaling_plain{workers}", preset=SPEED_PRESET, workers=workers)
-             for workers in (2, 1)}
-    ctx.details["scaling"] = {**rates, "plain": plain}
-    ganray_ratio = ratio(rates[2]["img_per_s"], rates[1]["img_per_s"])
-    plain_ratio = ratio(plain[2]["img_per_s"], plain[1]["img_per_s"])
+
+    def ganray(i: int) -> dict:
+        rates = {}
+        for workers in (1, 2) if i % 2 == 0 else (2, 1):
+            run = run_ganray(ctx.out, f"scaling{workers}_{i}", ctx.model() + _ganray_len(ctx, n, s.report // 2)
+                             + ["train.threads_per_worker=1", f"train.workers={workers}"], preset=SPEED_PRESET)
+            rates[workers] = steady(run.rows, s.batch * workers)
+        return rates
+
+    def plain(i: int) -> dict:
+        model = ctx.model() + ["eval.features=none"]
+        return {workers: run_plain(model, steps=n, report_every=s.report // 2, threads=1, out=ctx.out,
+                                   name=f"scaling_plain{workers}_{i}", preset=SPEED_PRESET, workers=workers)
+                for workers in ((2, 1) if i % 2 == 0 else (1, 2))}
+
+    rounds = alternating(ctx.rounds, ganray, plain)
+    g1 = [g[1]["img_per_s"] for g, _ in rounds]
+    g2 = [g[2]["img_per_s"] for g, _ in rounds]
+    p1 = [p[1]["img_per_s"] for _, p in rounds]
+    p2 = [p[2]["img_per_s"] for _, p in rounds]
+    ganray_ratio, ganray_ratios = median_ratio(g2, g1)
+    plain_ratio, plain_ratios = median_ratio(p2, p1)
+    share, _ = median_ratio(ganray_ratios, plain_ratios)
+    ctx.details["scaling"] = {"rounds": [{"ganray": g, "plain": p} for g, p in rounds],
+                              "ganray_ratios": ganray_ratios, "plain_ratios": plain_ratios}
     return [
-        Row("scaling", "1 worker x 1 thread img/s (steady)", rates[1]["img_per_s"], "img/s", note=f"{n} steps"),
-        Row("scaling", "2 workers x 1 thread img/s (steady)", rates[2]["img_per_s"], "img/s"),
-        ratio_row("scaling", "2 workers / 1 worker", rates[2]["img_per_s"], rates[1]["img_per_s"], at_least=1.8,
-                  note="meaningful only on an otherwise idle machine"),
-        Row("scaling", "plain PyTorch, 1 process x 1 thread img/s", plain[1]["img_per_s"], "img/s"),
-        Row("scaling", "plain PyTorch DDP, 2 processes x 1 thread img/s", plain[2]["img_per_s"], "img/s",
+        Row("scaling", "1 worker x 1 thread img/s (steady, mean)", _mean(g1), "img/s", note=f"{n} steps"),
+        Row("scaling", "2 workers x 1 thread img/s (steady, mean)", _mean(g2), "img/s"),
+        Row("scaling", "2 workers / 1 worker", ganray_ratio, "x", ">= 1.8",
+            None if ganray_ratio is None else ganray_ratio >= 1.8,
+            _rounds_note(ganray_ratios) + "; meaningful only on an otherwise idle machine"),
+        Row("scaling", "plain PyTorch, 1 process x 1 thread img/s (mean)", _mean(p1), "img/s"),
+        Row("scaling", "plain PyTorch DDP, 2 processes x 1 thread img/s (mean)", _mean(p2), "img/s",
             note="gloo, no Ray"),
-        Row("scaling", "plain DDP 2 / plain 1 (the machine's own DDP scaling)", plain_ratio, "x"),
-        Row("scaling", "ganray 1 worker / plain 1 process", ratio(rates[1]["img_per_s"], plain[1]["img_per_s"]), "x"),
-        Row("scaling", "ganray 2 workers / plain DDP 2 processes", ratio(rates[2]["img_per_s"], plain[2]["img_per_s"]),
-            "x"),
-        Row("scaling", "ganray's scaling / plain DDP's", ratio(ganray_ratio, plain_ratio), "x",
-            note="1.0: ganray keeps all of what DDP gets here"),
+        Row("scaling", "plain DDP 2 / plain 1 (the machine's own DDP scaling)", plain_ratio, "x",
+            note=_rounds_note(plain_ratios)),
+        Row("scaling", "ganray 1 worker / plain 1 process", median_ratio(g1, p1)[0], "x", note="median"),
+        Row("scaling", "ganray 2 workers / plain DDP 2 processes", median_ratio(g2, p2)[0], "x", note="median"),
+        Row("scaling", "ganray's scaling / plain DDP's", share, "x",
+            note="median; 1.0: ganray keeps all of what DDP gets here"),
     ]
 
 
@@ -382,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="data.source (default: the shared MNIST test set, else digits)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for overhead/eval (default: all cores; overhead also at 1 thread)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="overhead and scaling: alternating pairs whose median ratio counts (default 3; 1 with --quick)")
     p.add_argument("--device", default="cpu", help="gpu benchmark only: cuda or cpu (tiny sizes on cpu)")
     p.add_argument("--keep", type=Path, default=None, help="keep run folders here instead of a temp folder")
     args = p.parse_args(argv)
@@ -389,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"run.py: error: unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    rounds = args.rounds if args.rounds is not None else 1 if args.quick else 3
+    if rounds < 1:
+        print(f"run.py: error: --rounds must be at least 1, got {rounds}", file=sys.stderr)
         return 2
     import os
 
@@ -399,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         one_count = bool(args.threads or args.quick)
         ctx = Ctx(QUICK if args.quick else FULL, args.data or default_source(), args.threads or cores,
                   out, args.quick, args.device,
-                  overhead_threads=(args.threads or cores,) if one_count else tuple(sorted({1, cores})))
+                  overhead_threads=(args.threads or cores,) if one_count else tuple(sorted({1, cores})),
+                  rounds=rounds)
         report = {"machine": machine(), "quick": args.quick, "source": ctx.source, "started": time.strftime("%F %T"),
                   "benchmarks": {}}
         rows: list[Row] = []

@@ -17,7 +17,7 @@ from ganray.startup import startup_breakdown
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from common import Row, ratio_row, steady  # noqa: E402
+from common import Row, alternating, median_ratio, ratio_row, steady  # noqa: E402
 from plain_loop import plain_loop  # noqa: E402
 
 
@@ -40,6 +40,24 @@ def test_ratio_row_checks_the_target_and_survives_missing_values():
     missing = ratio_row("a", "m", None, 100.0, at_least=0.97)
     assert missing.value is None and missing.ok is None
     assert Row("a", "m", 1.0).as_dict()["benchmark"] == "a"
+
+
+def test_alternating_pairs_run_abba_and_keep_each_pair_together():
+    order = []
+    pairs = alternating(4, lambda i: order.append(("a", i)) or f"a{i}", lambda i: order.append(("b", i)) or f"b{i}")
+    assert order == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3)]
+    assert pairs == [("a0", "b0"), ("a1", "b1"), ("a2", "b2"), ("a3", "b3")]
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        alternating(0, str, str)
+
+
+def test_median_ratio_is_robust_to_one_disturbed_pair_and_to_missing_numbers():
+    value, ratios = median_ratio([1.0, 0.5, 1.2, None], [1.0, 1.0, 1.0, 2.0])
+    assert ratios == [1.0, 0.5, 1.2, None]
+    assert value == 1.0  # not the mean (0.9): the one slow pair does not decide
+    assert median_ratio([None], [1.0]) == (None, [None])
+    with pytest.raises(ValueError):
+        median_ratio([1.0], [1.0, 2.0])
 
 
 def test_startup_breakdown_phases_add_up():
