@@ -42,6 +42,7 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
     _quiet_ray_data()
     if ray.is_initialized():
         return
+    global _owned_gcs
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = dict(log_to_driver=not quiet, configure_logging=True, logging_level="ERROR")
     if address:
@@ -53,7 +54,19 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
     # Set before ray.init so that Tune trials' drivers inherit it too.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False, **kwargs)
+    _owned_gcs = ray.get_runtime_context().gcs_address
     _start_autoscaling_coordinator()
+
+
+_owned_gcs: str | None = None  # the local instance ensure_ray started, by its GCS address
+
+
+def owns_ray_instance() -> bool:
+    """Whether this process started the Ray instance it is connected to (`ensure_ray`'s local
+    instance, which ends with the process), so that nothing a run leaves behind can outlive it."""
+    import ray
+
+    return ray.is_initialized() and _owned_gcs is not None and ray.get_runtime_context().gcs_address == _owned_gcs
 
 
 def _start_autoscaling_coordinator() -> None:
@@ -280,6 +293,7 @@ def build_trainer(p: Prepared, *, callbacks=()):
         loop_config = p.loop_config
     return GanTrainer(
         train_worker,
+        placement_group_cleaner=not owns_ray_instance(),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.workers,

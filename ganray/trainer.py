@@ -15,6 +15,12 @@ backend, no torch on the driver, and no dataset manager for a run without Ray da
   more Python process for the whole run (197 MiB resident and 0.5-0.7% of a core while idle,
   measured on the benchmark machine; Ray's task loop wakes 100 times a second). With Ray
   datasets (streaming sources) the callbacks are Ray's unchanged.
+- **No placement-group cleaner on a Ray instance the run owns** (`placement_group_cleaner=False`,
+  which `ganray train` passes when it started the local instance itself). Ray Train V2 starts a
+  detached cleaner actor per run, which removes the run's placement group should the controller
+  die without doing so. When the instance ends with the command, nothing can outlive it, and
+  the actor would be one more process starting beside the training worker (Ray starts at most
+  as many worker processes at once as there are cores) and waking 100 times a second all run.
   `_create_default_callbacks` is not public API; ganray pins Ray to 2.60.x, where it is the
   method `fit()` calls for its callback list. `tests/test_trainer.py` pins that behaviour.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from ganray.backend import ProcessGroupConfig
@@ -38,17 +45,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 class GanTrainer(DataParallelTrainer):
     def __init__(self, train_loop_per_worker=train_worker, *, backend_config: ProcessGroupConfig | None = None,
-                 **kwargs):
+                 placement_group_cleaner: bool = True, **kwargs):
         backend_config = backend_config or ProcessGroupConfig()
         if not isinstance(backend_config, ProcessGroupConfig):
             raise TypeError(f"GanTrainer runs ganray.backend.ProcessGroupConfig, got {type(backend_config).__name__}")
         if kwargs.get("scaling_config") is not None and kwargs["scaling_config"].num_workers == 0:
             # Ray's local mode (no worker processes) needs TorchTrainer's torch controller.
             raise ValueError("GanTrainer needs scaling_config.num_workers >= 1")
+        self._placement_group_cleaner = placement_group_cleaner
         super().__init__(train_loop_per_worker, backend_config=backend_config, **kwargs)
 
     def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+        drop = () if self.datasets else (DatasetsCallback,)
+        if not self._placement_group_cleaner:
+            drop += (PlacementGroupCleanerCallback,)
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, drop)]

@@ -42,6 +42,23 @@ def test_dataset_manager_only_with_datasets(ray_session):
     assert ours == [t for t in rays if t.__name__ != "DatasetsCallback"]
 
 
+def test_placement_group_cleaner_only_where_the_instance_can_outlive_the_run(ray_session):
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from ganray.launch import owns_ray_instance
+    from ganray.trainer import GanTrainer
+
+    def kinds(trainer):
+        return [type(c) for c in trainer._create_default_callbacks()]
+
+    assert PlacementGroupCleanerCallback in kinds(_trainer(GanTrainer))
+    without = kinds(_trainer(GanTrainer, placement_group_cleaner=False))
+    assert without == [t for t in kinds(_trainer(GanTrainer)) if t is not PlacementGroupCleanerCallback]
+    # The test session's instance was started by conftest, not by ensure_ray: a run on it keeps
+    # the cleaner, as a run on a cluster or in a Tune trial does.
+    assert not owns_ray_instance()
+
+
 def test_refuses_what_it_cannot_run():
     import ray.train
 
@@ -79,9 +96,33 @@ def test_driver_builds_a_run_without_importing_torch(tmp_path, ray_session):
         p = prepare(cfg)
         trainer = build_trainer(p)
         trainer.backend_config.train_func_context  # read on the driver when fit() wraps the function
+        print(trainer._placement_group_cleaner)  # joined an instance that outlives it
         print(type(trainer).__name__, p.loop_config["eval"]["feature_name"], "torch" in sys.modules)
     """)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-3:] == ["GanTrainer", "classifier", "False"]
+    assert proc.stdout.split()[-4:] == ["True", "GanTrainer", "classifier", "False"]
+
+
+def test_a_run_on_its_own_local_instance_starts_no_placement_group_cleaner(tmp_path):
+    """`ganray train` without an address starts a Ray instance that ends with it; there a run
+    drops Ray Train's placement-group cleaner. A fresh interpreter starts its own instance."""
+    import os
+
+    script = textwrap.dedent(f"""
+        import ray
+        from ganray.config import debug
+        from ganray.launch import build_trainer, ensure_ray, owns_ray_instance, prepare
+        cfg = debug()
+        cfg.run.out, cfg.eval.features = {str(tmp_path / "runs")!r}, "none"
+        ensure_ray(1)
+        print(owns_ray_instance(), build_trainer(prepare(cfg))._placement_group_cleaner)
+        ray.shutdown()
+        print(owns_ray_instance())
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-3:] == ["True", "False", "False"]
