@@ -1,4 +1,5 @@
-"""Driver side of a training run: Ray start-up, the dataset, the Ray Train trainer (ganray.trainer), the summary.
+"""Driver side of a training run: the dataset, the Ray Train trainer (ganray.trainer), the
+summary. The Ray instance it runs on comes from ganray.instance.
 
 Nothing here runs on the workers except `ProgressCallback`, which runs in Ray Train's
 controller actor and forwards rank 0's reports to the driver for the progress line.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ganray.config import Config
+from ganray.instance import ensure_ray, owns_ray_instance
 from ganray.runfolder import RunFolder, run_path, storage_root
 from ganray.startup import process_start, startup_breakdown
 
@@ -28,76 +30,6 @@ def default_name(cfg: Config) -> str:
     src = cfg.data.source.rstrip("/").split("/")[-1] or "data"
     src = "".join(c if c.isalnum() or c in "._-" else "-" for c in src)[:40]
     return f"{src}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = True) -> None:
-    """Connect to the cluster named by RAY_ADDRESS/--address, else start a local instance.
-
-    A local instance advertises one logical CPU more than the workers need, so Ray Data
-    tasks always have a slot next to the training workers (otherwise they can starve).
-    The dashboard stays off locally (faster start); when on, Ray binds it to 127.0.0.1.
-    """
-    import ray
-
-    _quiet_ray_data()
-    if ray.is_initialized():
-        return
-    global _owned_gcs
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = dict(log_to_driver=not quiet, configure_logging=True, logging_level="ERROR")
-    if address:
-        ray.init(address=address, **kwargs)
-        return
-    cpus = os.cpu_count() or 1
-    # One local node, which nothing drains: Ray Train's preemption watcher (one more actor
-    # process per worker group) would only compete for the CPUs while the workers start.
-    # Set before ray.init so that Tune trials' drivers inherit it too.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False, **kwargs)
-    _owned_gcs = ray.get_runtime_context().gcs_address
-    _start_autoscaling_coordinator()
-
-
-_owned_gcs: str | None = None  # the local instance ensure_ray started, by its GCS address
-
-
-def owns_ray_instance() -> bool:
-    """Whether this process started the Ray instance it is connected to (`ensure_ray`'s local
-    instance, which ends with the process), so that nothing a run leaves behind can outlive it."""
-    import ray
-
-    return ray.is_initialized() and _owned_gcs is not None and ray.get_runtime_context().gcs_address == _owned_gcs
-
-
-def _start_autoscaling_coordinator() -> None:
-    """Start Ray's autoscaling coordinator now, while the driver prepares data and evaluation.
-
-    Ray Train's controller registers its resource request with this named, detached actor
-    (shared with Ray Data) and blocks until it answers; created by the controller, it needs a
-    new worker process (~1.3 s here, on the start-up's critical path), because the controller's
-    children carry its runtime env. Created here it takes one of the idle workers Ray prestarts
-    with a fresh instance, and the controller finds it running. Ray's own get-or-create is used,
-    so nothing differs afterwards; if a Ray release moves it, the controller creates it as before.
-    """
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator,
-        )
-    except ImportError:
-        return
-    get_or_create_autoscaling_coordinator()
-
-
-def _quiet_ray_data() -> None:
-    """Ray Data's per-dataset banners would break the single progress line; its logs stay in files."""
-    import logging
-
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def threads_per_worker(cfg: Config) -> int:

@@ -91,7 +91,8 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     """
     from ray import tune
 
-    from ganray.launch import _use_gpu, ensure_ray, load_inputs
+    from ganray.instance import ensure_ray
+    from ganray.launch import _use_gpu, load_inputs
 
     base = base.model_copy(deep=True)
     base.train.workers = workers_per_trial

@@ -45,7 +45,7 @@ def test_dataset_manager_only_with_datasets(ray_session):
 def test_placement_group_cleaner_only_where_the_instance_can_outlive_the_run(ray_session):
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-    from ganray.launch import owns_ray_instance
+    from ganray.instance import owns_ray_instance
     from ganray.trainer import GanTrainer
 
     def kinds(trainer):
@@ -88,7 +88,8 @@ def test_driver_builds_a_run_without_importing_torch(tmp_path, ray_session):
     script = textwrap.dedent(f"""
         import sys
         from ganray.config import debug
-        from ganray.launch import build_trainer, ensure_ray, prepare
+        from ganray.instance import ensure_ray
+        from ganray.launch import build_trainer, prepare
         cfg = debug()
         cfg.run.out = {str(tmp_path / "runs")!r}
         cfg.eval.features, cfg.eval.cache_dir, cfg.eval.fid_samples = "classifier", {cfg.eval.cache_dir!r}, 2048
@@ -113,7 +114,8 @@ def test_a_run_on_its_own_local_instance_starts_no_placement_group_cleaner(tmp_p
     script = textwrap.dedent(f"""
         import ray
         from ganray.config import debug
-        from ganray.launch import build_trainer, ensure_ray, owns_ray_instance, prepare
+        from ganray.instance import ensure_ray, owns_ray_instance
+        from ganray.launch import build_trainer, prepare
         cfg = debug()
         cfg.run.out, cfg.eval.features = {str(tmp_path / "runs")!r}, "none"
         ensure_ray(1)
