@@ -98,12 +98,13 @@ def alternating(rounds: int, first: Callable[[int], T], second: Callable[[int], 
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     pairs = []
     for i in range(rounds):
-        if i % 2 == 0:
-            a = first(i)
-            pairs.append((a, second(i)))
-        else:
+        if i % 2:
             b = second(i)
-            pairs.append((first(i), b))
+            a = first(i)
+        else:
+            a = first(i)
+            b = second(i)
+        pairs.append((a, b))
     return pairs
 
 

@@ -1,5 +1,6 @@
 """The Ray Train trainer ganray runs: Ray's data-parallel trainer with ganray's process-group
-backend, no torch on the driver, and no dataset manager for a run without Ray datasets.
+backend, no torch on the driver, no dataset manager for a run without Ray datasets, and no
+placement-group cleaner on a Ray instance the run owns.
 
 - **No torch on the driver.** Ray's `TorchTrainer` only fills in a default `TorchConfig`, but its
   package (`ray.train.torch`) imports torch, and so does `TorchConfig`'s module. A driver that
