@@ -1,8 +1,8 @@
 """Driver side of a training run: the dataset, the Ray Train trainer (ganray.trainer), the
 summary. The Ray instance it runs on comes from ganray.instance.
 
-Nothing here runs on the workers except `ProgressCallback`, which runs in Ray Train's
-controller actor and forwards rank 0's reports to the driver for the progress line.
+Nothing here runs on the workers. The progress line reads the run folder's metrics.csv,
+which rank 0 writes, so a run starts no process of its own beside Ray Train's.
 """
 
 from __future__ import annotations
@@ -44,27 +44,6 @@ def _use_gpu(cfg: Config) -> bool:
     if cfg.train.use_gpu is not None:
         return cfg.train.use_gpu
     return ray.cluster_resources().get("GPU", 0) >= 1
-
-
-class ProgressCallback:
-    """Forwards rank 0's metrics from Ray Train's controller to the driver's queue."""
-
-    def __new__(cls, queue):
-        from ray.train import UserCallback
-
-        class _Cb(UserCallback):
-            def __init__(self, q):
-                self.q = q
-
-            def after_report(self, run_context, metrics, checkpoint):
-                row = dict(metrics[0])
-                row["checkpoint"] = checkpoint.path if checkpoint is not None else None
-                try:
-                    self.q.put_nowait(row)
-                except Exception:  # a full or gone queue must never fail the run
-                    pass
-
-        return _Cb(queue)
 
 
 def _format_progress(row: dict, total_kimg: float | None) -> str:
@@ -289,14 +268,7 @@ def describe_failure(err: BaseException) -> str:
     return f"training failed{where}: {type(err).__name__}: {text[-1] if text else ''}"
 
 
-PROGRESS_WAIT_S = 30.0  # the progress loop's longest wait for a row; the end of fit() wakes it at once
-
-
-def _put_quietly(queue, item) -> None:
-    try:
-        queue.put(item, timeout=PROGRESS_WAIT_S)
-    except Exception:  # a full or gone queue: the loop notices the thread ended at its next wake-up
-        pass
+PROGRESS_POLL_S = 2.0  # the progress line's reads of metrics.csv: as often as Ray Train takes reports
 
 
 def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, address: str | None = None) -> dict:
@@ -304,17 +276,15 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
     t_cmd = time.time()
     ensure_ray(cfg.train.workers, address=address)
     t_ray = time.time()
-    from ray.util.queue import Empty, Queue
-
     p = prepare(cfg, resume=resume)
     marks = p.loop_config["startup_marks"]
     marks.update(process_start=process_start(), cmd=t_cmd, ray_ready=t_ray)
     run = RunFolder(p.run_dir)
     run.write_text("config.yaml", p.cfg.to_yaml())
-    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
-    trainer = build_trainer(p, callbacks=[ProgressCallback(queue)])
+    trainer = build_trainer(p)
     marks["fit_start"] = time.time()
     outcome: dict[str, Any] = {}
+    ended = threading.Event()
 
     def _fit():
         try:
@@ -322,33 +292,28 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
         except BaseException as e:  # reported by the main thread
             outcome["error"] = e
         finally:
-            # After every row (the controller's callbacks have returned): wakes the loop below.
-            _put_quietly(queue, None)
+            ended.set()
 
     thread = threading.Thread(target=_fit, daemon=True)
     thread.start()
-    last: dict = {}
-    total_kimg = p.cfg.train.kimg
-    # Blocks until a row or the end arrives instead of polling: on 2 cores every wake-up of the
-    # driver and the queue actor is CPU taken from the workers (BENCHMARKS.md, "Scaling").
+    # The newest row of metrics.csv every PROGRESS_POLL_S, and once more at the end. Before,
+    # Ray Train's controller forwarded reports to a queue actor: one more process that woke
+    # 100 times a second on the cores the workers use (BENCHMARKS.md, change log).
+    shown, total_kimg = None, p.cfg.train.kimg
     while True:
-        try:
-            row = queue.get(timeout=PROGRESS_WAIT_S)
-        except Empty:
-            if thread.is_alive():
-                continue
-            break  # the end marker could not be queued
-        if row is None:
-            break
-        last = row
-        if progress:
+        over = ended.wait(PROGRESS_POLL_S)
+        row = run.newest_metrics() if progress else None
+        if row is not None and row != shown:
+            shown = row
             line = _format_progress(row, total_kimg)
             sys.stdout.write("\r" + line[:200].ljust(120) if sys.stdout.isatty() else line + "\n")
             sys.stdout.flush()
+        if over:
+            break
     thread.join()
     if progress and sys.stdout.isatty():
         sys.stdout.write("\n")
-    summary = _summary(p, last, outcome, t_cmd, run)
+    summary = _summary(p, outcome, t_cmd, run)
     try:
         run.write_json("summary.json", summary)
     except OSError as e:  # a full or read-only disk: say so, but never instead of the training error
@@ -359,14 +324,30 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
     return summary
 
 
-def _summary(p: Prepared, last: dict, outcome: dict, t_cmd: float, run: RunFolder) -> dict:
+def _kept_checkpoint(run_dir: str):
+    """The latest checkpoint Ray Train registered for the run (its snapshot in the run folder),
+    or None: a failed fit() returns no Result."""
+    from ray.train import Result
+
+    try:
+        return Result.from_path(run_dir).checkpoint
+    except Exception:  # noqa: BLE001 - none yet, or a record a full disk left unreadable: name none
+        return None
+
+
+def _summary(p: Prepared, outcome: dict, t_cmd: float, run: RunFolder) -> dict:
+    """summary.json: from metrics.csv's rows (every row rank 0 wrote, so a failed run's steps
+    count up to its last row) and, after a finished fit, Ray Train's result (stop reason, the
+    checkpoints it kept); after a failed one, the run folder's record of Ray Train's checkpoints."""
     result = outcome.get("result")
-    final = result.checkpoint.path if result is not None and result.checkpoint else last.get("checkpoint")
+    run.load_metrics(None)
+    last = {**(run.rows[-1] if run.rows else {}), **((result.metrics or {}) if result is not None else {})}
+    ckpt = result.checkpoint if result is not None else _kept_checkpoint(p.run_dir)
+    final = ckpt.path if ckpt is not None else None
     best = None
     if result is not None and getattr(result, "best_checkpoints", None):
         scored = [(m.get("fid"), c.path) for c, m in result.best_checkpoints if m.get("fid") is not None]
         best = min(scored)[1] if scored else None
-    run.load_metrics(None)
     fids = [r["fid"] for r in run.rows if isinstance(r.get("fid"), (int, float))]
     workers = json.loads((run.read_bytes("workers.json") or b"{}").decode() or "{}")
     wall = time.time() - t_cmd

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
+_TAIL_BYTES = 16384  # more than the header or any one metrics row
 BASE_COLUMNS = ["step", "kimg", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s", "data_wait_frac", "wall_s"]
 
 
@@ -94,6 +95,31 @@ class RunFolder:
         for r in self.rows:
             writer.writerow({k: _fmt(r.get(k)) for k in columns})
         self.write_text("metrics.csv", buf.getvalue())
+
+    def newest_metrics(self) -> dict[str, Any] | None:
+        """metrics.csv's last row, or None before the first. Reads the header and the file's
+        last few KiB only: the driver polls this for its progress line while the file grows
+        with the run, and rank 0 rewrites it whole (atomically on local disks), so one open
+        handle sees one version."""
+        try:
+            with self.fs.open_input_file(f"{self.root}/metrics.csv") as f:
+                size = f.size()
+                head = f.read(min(size, _TAIL_BYTES))
+                if size > _TAIL_BYTES:
+                    f.seek(size - _TAIL_BYTES)
+                    tail = f.read()
+                else:
+                    tail = head
+        except (FileNotFoundError, OSError):
+            return None
+        lines = tail.rstrip(b"\n").split(b"\n")
+        if len(lines) < 2:  # the header alone (a long file's tail window always holds 2 or more)
+            return None
+        names = next(csv.reader([head.split(b"\n", 1)[0].decode()]))
+        values = next(csv.reader([lines[-1].decode()]))
+        if len(values) != len(names):
+            return None  # a header and a row of different versions (a remote store's ranged reads)
+        return {k: _num(v) for k, v in zip(names, values) if v != ""}
 
     # --- images ---
     def write_png(self, rel: str, image: np.ndarray) -> None:

@@ -225,6 +225,27 @@ def test_metrics_on_a_full_disk_keep_the_previous_file(tiny_disk):
     assert sorted(p.name for p in (tiny_disk / "run").iterdir()) == ["metrics.csv"], "temp file left behind"
 
 
+def test_newest_metrics_reads_the_last_row_of_a_growing_file(tmp_path, monkeypatch):
+    """The driver's progress line: metrics.csv's last row, from the header and the tail only."""
+    from ganray import runfolder
+
+    run = RunFolder(str(tmp_path / "run"))
+    assert run.newest_metrics() is None  # no file yet
+    (tmp_path / "run" / "metrics.csv").write_text(",".join(runfolder.BASE_COLUMNS) + "\n")
+    assert run.newest_metrics() is None  # the header alone
+    run.append_metrics({"step": 2, "kimg": 0.032, "loss_d": 1.25})
+    assert run.newest_metrics() == {"step": 2, "kimg": 0.032, "loss_d": 1.25}
+    for step in range(4, 400, 2):  # past the tail window, with a column that appears late
+        run.append_metrics({"step": step, "kimg": step * 0.016, "loss_d": 0.5, **({"fid": 12.5} if step > 300 else {})})
+    size = (tmp_path / "run" / "metrics.csv").stat().st_size
+    monkeypatch.setattr(runfolder, "_TAIL_BYTES", 512)
+    assert size > 4 * 512
+    assert run.newest_metrics() == {"step": 398, "kimg": pytest.approx(6.368), "loss_d": 0.5, "fid": 12.5}
+    # A header and a last row that do not match (different versions of the file): no row.
+    (tmp_path / "run" / "metrics.csv").write_text("step,kimg\n2,0.032,7\n")
+    assert run.newest_metrics() is None
+
+
 # --------------------------------------------------------------------------------------------
 # End to end on the shared Ray instance: 1 worker, tiny debug models, 8 steps.
 
@@ -262,14 +283,19 @@ def test_killed_worker_restarts_from_its_checkpoint(straight, tmp_path, monkeypa
 
 
 def test_exhausted_retries_name_the_rank_and_the_error(ray_session, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("GANRAY_FAULT_RAISE_AT", "2")
-    rc = main(["train", *TINY, "--out", str(tmp_path), "--name", "r", "--steps", "8",
-               "--set", "train.max_failures=0"])
-    err = capsys.readouterr().err
+    """Failure at step 6, after the checkpoint at 4: the error names the rank, the progress line
+    got the last row rank 0 wrote (step 6's), and summary.json counts the steps to that row and
+    names the checkpoint Ray Train registered."""
+    monkeypatch.setenv("GANRAY_FAULT_RAISE_AT", "6")
+    rc = main(["train", *[a for a in TINY if a != "--quiet"], "--out", str(tmp_path), "--name", "r",
+               "--steps", "8", "--set", "train.max_failures=0"])
+    out, err = capsys.readouterr()
     assert rc == 1, err
-    assert err.startswith("ganray: error:") and "rank 0" in err and "injected failure at step 2" in err
+    assert err.startswith("ganray: error:") and "rank 0" in err and "injected failure at step 6" in err
+    assert "| step 6 |" in out.splitlines()[-1], out
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "failed" and "injected failure" in summary["error"]
+    assert summary["steps"] == 6 and summary["final_checkpoint"].endswith("/r/checkpoint_00000004")
 
 
 def test_resume_skips_a_checkpoint_holding_pickled_code(straight, tmp_path, capsys):

@@ -66,6 +66,15 @@ def test_cached_data_starts_no_ray_data_actors(digits_run):
     assert not [a for a in _RUN_ACTORS if "Dataset" in a or "SplitCoordinator" in a], _RUN_ACTORS
 
 
+def test_a_run_starts_only_ray_trains_actors(digits_run):
+    """The progress line reads metrics.csv: no queue actor (or any other) of ganray's own. On
+    this shared instance Ray Train also starts its preemption watcher and, for its controller's
+    resource requests, Ray's autoscaling coordinator."""
+    ray_train = {"TrainController", "RayTrainWorker", "SynchronizationActor", "PlacementGroupCleaner",
+                 "PreemptionWatcher", "_AutoscalingCoordinatorActor"}
+    assert set(_RUN_ACTORS) <= ray_train, _RUN_ACTORS
+
+
 def test_sample_png_and_npz(digits_run, tmp_path):
     assert main(["sample", "--checkpoint", str(digits_run), "--n", "10", "--out", str(tmp_path / "s.npz")]) == 0
     images = np.load(tmp_path / "s.npz")["images"]
