@@ -30,7 +30,12 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
     # process per worker group) would only compete for the CPUs while the workers start.
     # Set before ray.init so that Tune trials' drivers inherit it too.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False, **kwargs)
+    # No idle worker processes kept in Ray's pool (by default as many as there are free CPUs,
+    # here one beside a 1-worker run): each wakes 100 times a second on the cores the training
+    # uses (BENCHMARKS.md, "What the misses are made of"). Ray stops one idle for 1 s; a later
+    # task or actor starts a process as it would for any new runtime env.
+    ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False,
+             _system_config={"num_workers_soft_limit": 0}, **kwargs)
     _owned_gcs = ray.get_runtime_context().gcs_address
     _start_autoscaling_coordinator()
 

@@ -108,10 +108,13 @@ def test_driver_builds_a_run_without_importing_torch(tmp_path, ray_session):
 
 def test_a_run_on_its_own_local_instance_starts_no_placement_group_cleaner(tmp_path):
     """`ganray train` without an address starts a Ray instance that ends with it; there a run
-    drops Ray Train's placement-group cleaner. A fresh interpreter starts its own instance."""
+    drops Ray Train's placement-group cleaner, and Ray keeps no idle worker processes (two
+    tasks' workers are gone within 10 s; Ray's default would keep them). A fresh interpreter
+    starts its own instance."""
     import os
 
     script = textwrap.dedent(f"""
+        import os, time
         import ray
         from ganray.config import debug
         from ganray.instance import ensure_ray, owns_ray_instance
@@ -120,6 +123,11 @@ def test_a_run_on_its_own_local_instance_starts_no_placement_group_cleaner(tmp_p
         cfg.run.out, cfg.eval.features = {str(tmp_path / "runs")!r}, "none"
         ensure_ray(1)
         print(owns_ray_instance(), build_trainer(prepare(cfg))._placement_group_cleaner)
+        pids = set(ray.get([ray.remote(lambda: os.getpid()).options(num_cpus=1).remote() for _ in range(2)]))
+        deadline = time.time() + 10
+        while time.time() < deadline and any(os.path.exists(f"/proc/{{p}}") for p in pids):
+            time.sleep(0.2)
+        print(not any(os.path.exists(f"/proc/{{p}}") for p in pids))
         ray.shutdown()
         print(owns_ray_instance())
     """)
@@ -127,4 +135,4 @@ def test_a_run_on_its_own_local_instance_starts_no_placement_group_cleaner(tmp_p
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-3:] == ["True", "False", "False"]
+    assert proc.stdout.split()[-4:] == ["True", "False", "True", "False"]
