@@ -110,13 +110,14 @@ class RunFolder:
                     tail = f.read()
                 else:
                     tail = head
-        except (FileNotFoundError, OSError):
+        except OSError:
             return None
         lines = tail.rstrip(b"\n").split(b"\n")
         if len(lines) < 2:  # the header alone (a long file's tail window always holds 2 or more)
             return None
-        names = next(csv.reader([head.split(b"\n", 1)[0].decode()]))
-        values = next(csv.reader([lines[-1].decode()]))
+        # A progress line must never stop the driver: undecodable bytes become U+FFFD.
+        names = next(csv.reader([head.split(b"\n", 1)[0].decode(errors="replace")]))
+        values = next(csv.reader([lines[-1].decode(errors="replace")]))
         if len(values) != len(names):
             return None  # a header and a row of different versions (a remote store's ranged reads)
         return {k: _num(v) for k, v in zip(names, values) if v != ""}

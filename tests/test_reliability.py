@@ -244,6 +244,8 @@ def test_newest_metrics_reads_the_last_row_of_a_growing_file(tmp_path, monkeypat
     # A header and a last row that do not match (different versions of the file): no row.
     (tmp_path / "run" / "metrics.csv").write_text("step,kimg\n2,0.032,7\n")
     assert run.newest_metrics() is None
+    (tmp_path / "run" / "metrics.csv").write_bytes(b"step,note\n2,\xff\xfe\n")  # not UTF-8: still a row
+    assert run.newest_metrics() == {"step": 2, "note": "\ufffd\ufffd"}
 
 
 # --------------------------------------------------------------------------------------------
