@@ -284,15 +284,12 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
     trainer = build_trainer(p)
     marks["fit_start"] = time.time()
     outcome: dict[str, Any] = {}
-    ended = threading.Event()
 
     def _fit():
         try:
             outcome["result"] = trainer.fit()
         except BaseException as e:  # reported by the main thread
             outcome["error"] = e
-        finally:
-            ended.set()
 
     thread = threading.Thread(target=_fit, daemon=True)
     thread.start()
@@ -301,7 +298,8 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
     # 100 times a second on the cores the workers use (BENCHMARKS.md, change log).
     shown, total_kimg = None, p.cfg.train.kimg
     while True:
-        over = ended.wait(PROGRESS_POLL_S)
+        thread.join(PROGRESS_POLL_S)
+        over = not thread.is_alive()
         row = run.newest_metrics() if progress else None
         if row is not None and row != shown:
             shown = row
@@ -310,7 +308,6 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
             sys.stdout.flush()
         if over:
             break
-    thread.join()
     if progress and sys.stdout.isatty():
         sys.stdout.write("\n")
     summary = _summary(p, outcome, t_cmd, run)
