@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from ganray.config import Config, from_dict
 STATE_FILE = "state.pt"
 GENERATOR_FILE = "generator.safetensors"
 _CKPT_RE = re.compile(r"^checkpoint_(\d+)$")
+_STAGING_PREFIX = "ganray-ckpt-"
+_STAGING_RE = re.compile(rf"^{_STAGING_PREFIX}(\d+)-[^/]+$")
 
 
 class CheckpointError(RuntimeError):
@@ -73,6 +77,62 @@ def save(directory: str | Path, state: dict[str, Any], cfg: Config, sample_state
             "num_classes": state.get("num_classes")}
     _atomic_write_bytes(d / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
     return d
+
+
+def staging_dir() -> tempfile.TemporaryDirectory:
+    """A local temporary folder to write a checkpoint into before Ray copies it to the run folder.
+
+    Its name carries this process's id. A worker that Ray stops while it reports (a failed group
+    is killed, with no chance to clean up) leaves its folder behind: a whole checkpoint on the
+    node's disk per failure. The first call in each process removes such folders of dead
+    processes (`remove_orphaned_staging`), so a run that restarts its workers cleans up after them.
+    """
+    global _swept
+    if not _swept:
+        _swept = True
+        remove_orphaned_staging()
+    return tempfile.TemporaryDirectory(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
+
+
+_swept = False
+
+
+def remove_orphaned_staging(root: str | Path | None = None, min_age_s: float = 600.0) -> list[str]:
+    """Remove `staging_dir` folders in `root` (the temporary directory) whose process is gone.
+
+    Only folders this user owns, untouched for `min_age_s` (a process id from another PID
+    namespace sharing the folder, as with containers, can look dead here while it uploads).
+    Returns the removed paths; anything that cannot be read or removed is left alone.
+    """
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _STAGING_RE.match(entry.name)
+        if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.getuid() or time.time() - st.st_mtime < min_age_s:
+                continue
+            shutil.rmtree(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import time
 from typing import Any
 
@@ -376,7 +375,7 @@ def _report(session, row: dict, st: TrainState, cfg: Config, save: bool, is_last
         return
     state = st.state_dict()
     state["fid"] = row.get("fid")
-    with tempfile.TemporaryDirectory(prefix="ganray-ckpt-") as tmp:
+    with ckpt_io.staging_dir() as tmp:
         ckpt_io.save(tmp, state, cfg, st.sampler().state_dict())
         try:
             session.report(metrics, tmp, name)

@@ -159,6 +159,42 @@ def test_failed_atomic_write_keeps_the_previous_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"], "temp file left behind"
 
 
+def test_staging_folders_of_killed_workers_are_removed_by_the_next_one(tmp_path, monkeypatch):
+    """Ray kills a failed group's workers while they may be reporting: each leaves its checkpoint's
+    staging folder behind. The next worker's first checkpoint removes those of dead processes
+    (old enough), and only those."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old = time.time() - 3600
+
+    def folder(name: str, mtime: float = old) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "state.pt").write_bytes(b"x" * 1000)
+        os.utime(d, (mtime, mtime))
+        return d
+
+    orphan = folder(f"ganray-ckpt-{dead.pid}-a1b2")
+    kept = [folder(f"ganray-ckpt-{os.getppid()}-c3d4"),  # a live process's
+            folder(f"ganray-ckpt-{os.getpid()}-e5f6"),  # this process's
+            folder(f"ganray-ckpt-{dead.pid}-g7h8", mtime=time.time()),  # touched just now
+            folder("ganray-ckpt-x2i5a9sv"),  # no process id in the name
+            folder(f"other-{dead.pid}-i9j0")]
+    (tmp_path / f"ganray-ckpt-{dead.pid}-file").write_bytes(b"not a folder")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(ckpt_io, "_swept", False)
+    with ckpt_io.staging_dir() as staging:
+        assert Path(staging).parent == tmp_path and Path(staging).name.startswith(f"ganray-ckpt-{os.getpid()}-")
+        assert not orphan.exists()
+        assert all(d.is_dir() for d in kept)
+        assert (tmp_path / f"ganray-ckpt-{dead.pid}-file").is_file()
+        orphan.mkdir()
+        os.utime(orphan, (old, old))
+    with ckpt_io.staging_dir():
+        assert orphan.is_dir(), "only the first checkpoint of a process looks for orphans"
+    assert ckpt_io.remove_orphaned_staging(tmp_path) == [str(orphan)]
+
+
 def _mount_tmpfs(mnt: Path, size_kib: int) -> None:
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mnt)], capture_output=True)
