@@ -84,17 +84,12 @@ def staging_dir() -> tempfile.TemporaryDirectory:
 
     Its name carries this process's id. A worker that Ray stops while it reports (a failed group
     is killed, with no chance to clean up) leaves its folder behind: a whole checkpoint on the
-    node's disk per failure. The first call in each process removes such folders of dead
-    processes (`remove_orphaned_staging`), so a run that restarts its workers cleans up after them.
+    node's disk per failure. Each call first removes such folders of dead processes
+    (`remove_orphaned_staging`: one listing of the temporary directory per checkpoint), so the
+    restarted workers of a long run clean up after the ones before them.
     """
-    global _swept
-    if not _swept:
-        _swept = True
-        remove_orphaned_staging()
+    remove_orphaned_staging()
     return tempfile.TemporaryDirectory(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
-
-
-_swept = False
 
 
 def remove_orphaned_staging(root: str | Path | None = None, min_age_s: float = 600.0) -> list[str]:
