@@ -107,7 +107,8 @@ def remove_orphaned_staging(root: str | Path | None = None, min_age_s: float = 6
         return removed
     for entry in entries:
         m = _STAGING_RE.match(entry.name)
-        if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+        pid = int(m.group(1)) if m else None
+        if pid is None or pid == os.getpid() or _alive(pid):
             continue
         try:
             st = entry.stat(follow_symlinks=False)
