@@ -111,6 +111,11 @@ class TrainConfig(_Section):
     use_gpu: bool | None = None
     # None: CPUs of the machine divided among the workers (at least 1).
     threads_per_worker: int | None = Field(None, ge=1, le=512)
+    # Pin each worker's compute threads to cores of their own when its node has cores to spare
+    # (its workers x threads_per_worker < its cores), so that Ray's processes keep off them
+    # (ganray/affinity.py). auto: on a local instance ganray starts; on: on clusters too (nodes
+    # that run nothing else); off: never.
+    cpu_affinity: Literal["auto", "on", "off"] = "auto"
     seed: int = Field(0, ge=0, le=2**31 - 1)
     report_every_kimg: float = Field(2.0, gt=0.0)
     checkpoint_every_kimg: float = Field(10.0, gt=0.0)
@@ -126,6 +131,12 @@ class TrainConfig(_Section):
     # saved state; after max_rollbacks rollbacks fail.
     nan_skip_limit: int = Field(5, ge=1, le=10_000)
     max_rollbacks: int = Field(2, ge=0, le=100)
+
+    @field_validator("cpu_affinity", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        # YAML 1.1 (PyYAML, --set) reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _has_length(self) -> "TrainConfig":

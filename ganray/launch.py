@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ganray import affinity
 from ganray.config import Config
 from ganray.instance import ensure_ray, owns_ray_instance
 from ganray.runfolder import RunFolder, run_path, storage_root
@@ -129,6 +130,7 @@ def prepare(cfg: Config, *, resume: bool = False, inputs: SharedInputs | None = 
         "num_classes": num_classes,
         "num_rows": info.num_rows,
         "threads": threads_per_worker(cfg),
+        "cpu_affinity": affinity.resolve(cfg.train.cpu_affinity, owns_ray_instance()),
         "fallback_checkpoints": _local_checkpoints(run_dir) if resume else [],
         "eval": inputs.eval_info if inputs is not None else _prepare_eval(cfg, info),
         # Driver-side start-up timestamps (time.time()); rank 0 adds its own and writes timing.json.
@@ -365,6 +367,7 @@ def _summary(p: Prepared, outcome: dict, t_cmd: float, run: RunFolder) -> dict:
         "best_checkpoint": best or final,
         "final_checkpoint": final,
         "worker_nodes": workers.get("nodes", []),
+        "worker_cores": workers.get("cores", []),
         "run_dir": p.run_dir,
         "startup": startup_breakdown(json.loads((run.read_bytes("timing.json") or b"{}").decode() or "{}")),
     }

@@ -26,6 +26,7 @@ class RayTrainSession:
         self._train = ray.train
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.local_world = ctx.get_local_world_size()  # this node's workers of the group
         self.device = ray.train.torch.get_device()
 
     def get_checkpoint(self):
@@ -49,7 +50,7 @@ class RayTrainSession:
 class TuneSession:
     """World size 1 in the Tune trial's own process; the dataset is iterated directly."""
 
-    rank, world = 0, 1
+    rank, world, local_world = 0, 1, 1
     min_report_interval_s = 0.0  # tune.report hands each result straight to the trial's runner
 
     def __init__(self, dataset):

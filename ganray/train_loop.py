@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ganray import affinity, dist, faults
 from ganray import checkpoint as ckpt_io
-from ganray import dist, faults
 from ganray.augment import diff_augment
 from ganray.batches import seed_for, worker_batches
 from ganray.config import Config, from_dict
@@ -69,6 +69,13 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
 
     session = session or RayTrainSession()
     marks = {**loop_config.get("startup_marks", {}), "worker_start": time.time()}
+    # Before torch starts any thread here: its intra-op pool inherits this thread's cores.
+    with affinity.pinned(bool(loop_config.get("cpu_affinity")), int(loop_config.get("threads", 1)),
+                         group=loop_config["run_dir"], local_world=getattr(session, "local_world", 1)) as cores:
+        _train(loop_config, session, marks, cores)
+
+
+def _train(loop_config: dict[str, Any], session, marks: dict[str, float], cores: list[int] | None) -> None:
     # The shard first: for a streaming dataset this starts Ray Data's split coordinator (an actor
     # process), which then starts up while this worker builds its models instead of after.
     shard = session.dataset_shard(loop_config.get("dataset_splits"))
@@ -92,9 +99,9 @@ def train_worker(loop_config: dict[str, Any], session=None) -> None:
     if run is not None:
         run.load_metrics(upto_step=st.step)
         tracker = _make_tracker(loop_config["run_dir"], cfg, st.step)
-        _record_workers(run, world)
+        _record_workers(run, world, cores)
     else:
-        _record_workers(None, world)
+        _record_workers(None, world, cores)
     evaluator = _make_evaluator(cfg, loop_config, device)
 
     batches = worker_batches(shard, cfg, rank, device, rows_per_rank=loop_config.get("num_rows", 0) // world,
@@ -384,19 +391,21 @@ def _report(session, row: dict, st: TrainState, cfg: Config, save: bool, is_last
                           "earlier checkpoints are kept, --resume skips a partial one") from e
 
 
-def _record_workers(run: RunFolder | None, world: int) -> None:
-    """Rank 0 writes workers.json: the node each rank runs on (checks SPREAD placement)."""
+def _record_workers(run: RunFolder | None, world: int, cores: list[int] | None) -> None:
+    """Rank 0 writes workers.json: the node each rank runs on (checks SPREAD placement) and the
+    cores its compute threads are pinned to (null: not pinned)."""
     import ray
 
-    node = ray.get_runtime_context().get_node_id()
-    nodes = [node]
+    mine = (ray.get_runtime_context().get_node_id(), cores)
+    ranks = [mine]
     if dist.is_distributed():
         import torch.distributed as torch_dist
 
-        nodes = [None] * world
-        torch_dist.all_gather_object(nodes, node)
+        ranks = [None] * world
+        torch_dist.all_gather_object(ranks, mine)
     if run is not None:
-        run.write_json("workers.json", {"world_size": world, "nodes": nodes, "pid": os.getpid()})
+        run.write_json("workers.json", {"world_size": world, "nodes": [r[0] for r in ranks],
+                                        "cores": [r[1] for r in ranks], "pid": os.getpid()})
 
 
 def _make_tracker(run_dir: str, cfg: Config, step: int):

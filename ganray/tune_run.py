@@ -91,7 +91,8 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     """
     from ray import tune
 
-    from ganray.instance import ensure_ray
+    from ganray import affinity
+    from ganray.instance import ensure_ray, owns_ray_instance
     from ganray.launch import _use_gpu, load_inputs
 
     base = base.model_copy(deep=True)
@@ -99,6 +100,8 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     base = tune_base_config(base, grace_kimg)
     validate_space(space, base)
     ensure_ray(workers_per_trial)
+    # Resolved here: the trials' drivers are Ray processes, which do not own the instance.
+    base.train.cpu_affinity = "on" if affinity.resolve(base.train.cpu_affinity, owns_ray_instance()) else "off"
     root = storage_root(base.run.out)
     exp_dir = f"{root}/{name}"
     runs_dir = f"{exp_dir}/runs"

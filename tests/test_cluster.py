@@ -32,6 +32,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from ganray import affinity
+
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 150
 
@@ -328,7 +330,8 @@ def test_training_job_spreads_workers_over_both_nodes(cluster, mnist_dir, tmp_pa
     out = tmp_path / "runs"
     r = _ganray(cluster, "submit", "--address", cluster.url, "--no-pip", "jobs/train.py", "--",
                 "--preset", "debug", "--data", str(mnist_dir), "--workers", "2",
-                "--set", "train.placement_strategy=SPREAD", "--set", f"run.out={out}", "--name", "cluster-e2e")
+                "--set", "train.placement_strategy=SPREAD", "--set", "train.cpu_affinity=on",
+                "--set", f"run.out={out}", "--name", "cluster-e2e")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = out / "cluster-e2e"
     summary = json.loads((run / "summary.json").read_text())
@@ -336,4 +339,11 @@ def test_training_job_spreads_workers_over_both_nodes(cluster, mnist_dir, tmp_pa
     nodes = summary["worker_nodes"]
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
     assert set(nodes) == _alive_node_ids(cluster)
+    # Pinned on request (1 thread each): both nodes are this machine, so the ranks' claims keep a
+    # core free between them (ganray.affinity); on 2 cores only the first rank to claim is pinned.
+    if affinity.supported() and affinity.cpu_quota() is None:
+        cores = sorted((c for c in summary["worker_cores"] if c), key=lambda c: c[0])
+        free = sorted(os.sched_getaffinity(0))
+        expected = [] if len(free) < 2 else [[free[-1]]] if len(free) == 2 else [[free[-2]], [free[-1]]]
+        assert cores == expected, summary["worker_cores"]
     assert list(run.glob("checkpoint_*/state.pt")), sorted(p.name for p in run.iterdir())

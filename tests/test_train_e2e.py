@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -34,7 +35,9 @@ def _actors() -> dict:
 def digits_run(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     before = set(_actors())
-    rc = main(["train", *TINY, "--data", "digits", "--out", str(out), "--name", "d1", "--steps", "8"])
+    # Pinned on request (the test's Ray instance is not ganray's own, so "auto" would not pin).
+    rc = main(["train", *TINY, "--data", "digits", "--out", str(out), "--name", "d1", "--steps", "8",
+               "--set", "train.threads_per_worker=1", "--set", "train.cpu_affinity=on"])
     assert rc == 0
     _RUN_ACTORS[:] = [a["ActorClassName"] for k, a in _actors().items() if k not in before]
     return out / "d1"
@@ -57,6 +60,20 @@ def test_run_folder_has_everything(digits_run):
     state = load_state(ckpts[-1])  # weights_only=True inside
     assert state["step"] == 8 and set(state) >= {"G", "D", "G_ema", "opt_g", "opt_d", "images_seen"}
     assert (ckpts[-1] / "generator.safetensors").is_file()
+
+
+def test_a_worker_with_cores_to_spare_is_pinned_to_its_own(digits_run):
+    """1 worker x 1 thread: its compute threads get the highest core (ganray.affinity), so Ray's
+    processes keep to the others; where the cores are all needed or capped by a CPU quota, none."""
+    from ganray import affinity
+
+    cores = json.loads((digits_run / "summary.json").read_text())["worker_cores"]
+    allowed = sorted(os.sched_getaffinity(0)) if affinity.supported() else []
+    pinnable = len(allowed) >= 2 and (affinity.cpu_quota() or 1e9) >= len(allowed)
+    assert cores == ([[allowed[-1]]] if pinnable else [None])
+    if pinnable:  # the claim went with the run
+        pid = json.loads((digits_run / "workers.json").read_text())["pid"]
+        assert pid not in [c["pid"] for c in json.loads(affinity.claims_path().read_text())]
 
 
 def test_cached_data_starts_no_ray_data_actors(digits_run):
