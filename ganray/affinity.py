@@ -4,13 +4,14 @@ A worker that leaves cores free (1 worker with 1 thread on 2 cores, 2 x 3 on 8, 
 shares its training core with Ray's processes: a waking task goes back to the core it last ran
 on whenever Linux counts that core as idle, and under `SCHED_IDLE` (which some VMs run every
 process in) a core running only the training thread counts as idle. The training thread is then
-preempted ~170 times a second and moved between cores ~20 times a second (BENCHMARKS.md, "What
+preempted 170-190 times a second and moved between cores ~20 times a second (BENCHMARKS.md, "What
 the misses are made of"). Pinned to its own cores, it cannot be moved, so those tasks are
-balanced to the free cores and stay there: preemptions drop to ~7 a second.
+balanced to the free cores and stay there: preemptions drop to 4-7 a second.
 
 The pin covers the thread that calls `pin_compute_threads` (Ray Train's training thread) and
-every thread it starts afterwards, torch's intra-op pool among them: like `numactl` binding per
-rank, but the worker's Ray threads keep the whole node. Workers on a node coordinate through a
+every thread and process it starts afterwards (torch's intra-op pool; `torch.compile`'s
+compile workers too): like `numactl` binding per rank, but the worker's Ray threads keep the
+whole node. Workers on a node coordinate through a
 claims file (flock) in the temporary directory: each takes free cores from the top (core 0
 takes most device interrupts), claims of dead processes lapse, and a group pins only if at
 least one core stays unclaimed for everything else on the node. Never pinned: where the
@@ -79,7 +80,7 @@ def pin_compute_threads(threads: int, *, group: str, local_world: int,
         if cores is not None:
             os.sched_setaffinity(0, cores)
         return cores
-    except OSError:
+    except (OSError, ValueError, IndexError):  # an unreadable /proc or claims file: not pinned
         return None
 
 
@@ -112,7 +113,7 @@ def claims_path(claims_dir: str | Path | None = None) -> Path:
 @contextlib.contextmanager
 def _locked_claims(claims_dir: str | Path | None) -> Iterator[list[dict]]:
     """The node's claims under an exclusive lock; the list as left by the block is written back."""
-    import fcntl  # Linux and macOS; `supported()` is False elsewhere
+    import fcntl  # POSIX only; `supported()` is False off Linux
 
     path = claims_path(claims_dir)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
