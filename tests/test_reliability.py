@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from ganray import affinity
 from ganray import checkpoint as ckpt_io
 from ganray.checkpoint import CheckpointError, list_checkpoints, load_state
 from ganray.cli import main
@@ -603,7 +604,9 @@ def test_killed_driver_leaves_no_ray_behind_and_resumes(driver_env, tmp_path):
         pytest.skip("the ganray console script is not installed")
     env, root = driver_env
     tag, run, steps = root.name, tmp_path / "dk", 32
-    cmd = [exe, "train", *TINY, "--out", str(tmp_path), "--name", "dk", "--steps", str(steps)]
+    # 1 thread: a core to spare, so on its own instance ganray pins the worker (train.cpu_affinity=auto).
+    cmd = [exe, "train", *TINY, "--out", str(tmp_path), "--name", "dk", "--steps", str(steps),
+           "--set", "train.threads_per_worker=1"]
     log = open(tmp_path / "driver1.log", "wb")
     driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -643,6 +646,10 @@ def test_killed_driver_leaves_no_ray_behind_and_resumes(driver_env, tmp_path):
     assert _mtime(grid / f"grid_{resumed_from:08d}.png") < t_gone < _mtime(grid / f"grid_{resumed_from + 2:08d}.png")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == steps
+    # The killed worker's claim on its core lapsed with it: the resumed worker got the same core.
+    allowed = sorted(os.sched_getaffinity(0)) if affinity.supported() else []
+    pinnable = len(allowed) >= 2 and (affinity.cpu_quota() or 1e9) >= len(allowed)
+    assert summary["worker_cores"] == ([[allowed[-1]]] if pinnable else [None]), summary["worker_cores"]
     left = _wait_gone(tag, 30)
     print(f"after the resumed run exited: {len(left)} tagged processes still alive")
     # The token Ray generated for this HOME is never printed or written into the run folder.
