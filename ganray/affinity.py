@@ -25,8 +25,8 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CLAIMS_FILE = "ganray-cpus-{uid}.json"
 
@@ -89,7 +89,8 @@ def choose_cores(allowed: list[int], claims: list[dict], group: str, threads: in
 
     The group's `local_world` workers must fit beside other groups' claims with a core to spare
     (judged alike by each of them, whatever their order); each takes the highest free cores. The
-    group's own claims count too where they outnumber `local_world`: two Ray nodes on one machine.
+    group's own claims count too where they outnumber `local_world`: Ray nodes on one machine
+    under different IPs (Ray Train counts a node's workers by IP).
     """
     mine = {core for c in claims if c["group"] == group for core in c["cores"]} & set(allowed)
     others = {core for c in claims if c["group"] != group for core in c["cores"]} & set(allowed)

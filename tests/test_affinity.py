@@ -100,7 +100,7 @@ def test_claims_of_ended_or_reused_processes_lapse(tmp_path):
         t.join()
         if len(allowed) == 2:
             assert out["cores"] is None
-        assert [c["group"] for c in json.loads(path.read_text())][0] == "live"
+        assert json.loads(path.read_text())[0]["group"] == "live"
     finally:
         alive.kill()
         alive.wait()
