@@ -35,7 +35,8 @@ def test_a_group_decides_alike_whichever_worker_comes_first():
     second = choose_cores(allowed, [_claim("a", first)], "a", threads=1, local_world=3)
     third = choose_cores(allowed, [_claim("a", first), _claim("a", second)], "a", threads=1, local_world=3)
     assert (first, second, third) == ([3], [2], [1])
-    # Two Ray nodes on one machine, one worker each: the second worker's claim would leave no core.
+    # Ray nodes on one machine under two IPs, one worker each (Ray Train counts local workers by
+    # IP, so each sees local_world 1): the second claim would leave no core, so it is not made.
     assert choose_cores([0, 1], [_claim("a", [1])], "a", threads=1, local_world=1) is None
     assert choose_cores([0, 1, 2], [_claim("a", [2])], "a", threads=1, local_world=1) == [1]
     # Another group's claims count against the spare core: a second 1 x 1 run on 2 cores floats.
