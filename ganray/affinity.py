@@ -11,12 +11,11 @@ balanced to the free cores and stay there: preemptions drop to 4-7 a second.
 The pin covers the thread that calls `pin_compute_threads` (Ray Train's training thread) and
 every thread and process it starts afterwards (torch's intra-op pool; `torch.compile`'s
 compile workers too): like `numactl` binding per rank, but the worker's Ray threads keep the
-whole node. Workers on a node coordinate through a
-claims file (flock) in the temporary directory: each takes free cores from the top (core 0
-takes most device interrupts), claims of dead processes lapse, and a group pins only if at
-least one core stays unclaimed for everything else on the node. Never pinned: where the
-cgroup's CPU bandwidth limit is below the cores the process may use (containers without a
-cpuset, whose cores other containers share), and off Linux.
+whole node. Workers on a node coordinate through a claims file (flock) in the temporary
+directory: each takes free cores from the top (core 0 takes most device interrupts), claims of
+dead processes lapse, and a group pins only if at least one core stays unclaimed for everything
+else on the node. Never pinned: where the cgroup's CPU bandwidth limit is below the cores the
+process may use (containers without a cpuset, whose cores other containers share), and off Linux.
 """
 
 from __future__ import annotations
