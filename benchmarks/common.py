@@ -6,6 +6,7 @@ exactly what a user pays (interpreter, imports, a local Ray start) and leaves no
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -16,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +25,6 @@ from typing import TypeVar
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
 T = TypeVar("T")
-U = TypeVar("U")
 
 
 def default_source() -> str:
@@ -91,21 +91,20 @@ def median_ratio(nums: list[float | None], dens: list[float | None]) -> tuple[fl
     return (statistics.median(found) if found else None), ratios
 
 
-def alternating(rounds: int, first: Callable[[int], T], second: Callable[[int], U]) -> list[tuple[T, U]]:
-    """Run `first(i)` and `second(i)` for i in range(rounds), in the order first, second, then
-    second, first, and so on (ABBA...): a drift in the machine's speed favours neither side."""
+def alternating(rounds: int, *arms: Callable[[int], T]) -> list[tuple[T, ...]]:
+    """Run each arm(i) for i in range(rounds): in the given order, then reversed, and so on
+    (ABBA... for two arms, ABCCBA... for three): a linear drift in the machine's speed favours
+    none of them. One tuple of results per round, in the arms' order."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    pairs = []
+    if len(arms) < 2:
+        raise ValueError(f"alternating needs at least 2 arms, got {len(arms)}")
+    results = []
     for i in range(rounds):
-        if i % 2:
-            b = second(i)
-            a = first(i)
-        else:
-            a = first(i)
-            b = second(i)
-        pairs.append((a, b))
-    return pairs
+        order = range(len(arms)) if i % 2 == 0 else reversed(range(len(arms)))
+        got = {k: arms[k](i) for k in order}
+        results.append(tuple(got[k] for k in range(len(arms))))
+    return results
 
 
 def print_table(rows: list[Row]) -> None:
@@ -221,16 +220,56 @@ def steady(rows: list[dict], batch_images_per_step: int) -> dict:
 
 
 def run_plain(overrides: list[str], *, steps: int, report_every: int, threads: int, out: Path,
-              name: str, preset: str = "mnist", workers: int = 1) -> dict:
+              name: str, preset: str = "mnist", workers: int = 1, cores: list[int] | None = None) -> dict:
     """benchmarks/plain_loop.py in a subprocess (a fresh process, like the ganray run); with
-    workers > 1, plain DDP in that many processes."""
+    workers > 1, plain DDP in that many processes; with `cores`, pinned to them."""
     path = out / f"{name}.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), "--preset", preset, "--steps", str(steps),
            "--report-every", str(report_every), "--threads", str(threads), "--workers", str(workers),
            "--json", str(path)]
     for o in overrides:
         cmd += ["--set", o]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, preexec_fn=pin)
     if proc.returncode != 0:
         raise RuntimeError(f"plain loop {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(path.read_text())
+
+
+def ganray_cores(threads: int) -> list[int] | None:
+    """The cores `ganray train` pins its one worker to on a local instance it starts
+    (`train.cpu_affinity=auto`, nothing else claimed), or None where it pins nothing."""
+    from ganray import affinity
+
+    if not affinity.supported() or affinity.cpu_quota() is not None:
+        return None
+    return affinity.choose_cores(sorted(os.sched_getaffinity(0)), [], "benchmark", threads, 1)
+
+
+@contextlib.contextmanager
+def idle_ray(threads: int, out: Path, name: str, *, timeout: float = 300) -> Iterator[None]:
+    """benchmarks/ray_idle.py for the block: the Ray runtime of a one-worker ganray run, idle."""
+    ready, stop = out / f"{name}.ready", out / f"{name}.stop"
+    for f in (ready, stop):
+        f.unlink(missing_ok=True)
+    log = open(out / f"{name}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "ray_idle.py"), "--ready", str(ready),
+                             "--stop", str(stop), "--threads", str(threads)], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=REPO)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray_idle.py exited with {proc.returncode} before its worker ran; see {log.name}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ray_idle.py's worker did not start within {timeout:.0f} s; see {log.name}")
+            time.sleep(0.2)
+        yield
+    finally:
+        stop.touch()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=60)
+        log.close()

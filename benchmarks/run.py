@@ -7,10 +7,12 @@ before and after next to it; on a busy machine the numbers are noise, so read th
 
     overhead  (a) ganray, 1 worker, vs benchmarks/plain_loop.py (same model, step math, threads,
               steps), at 1 thread and at all cores: steady img/s from metrics.csv (first report
-              skipped) and from summary.json; (c) data_wait_frac of that run
+              skipped) and from summary.json; (c) data_wait_frac of that run. A third arm runs the
+              plain loop beside an idle Ray Train job (benchmarks/ray_idle.py), which splits the
+              ratio into what Ray's runtime costs any loop and what ganray's worker adds
     scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1), beside
               plain PyTorch DDP in 2 processes vs 1 process
-    Both run --rounds alternating pairs (ABBA...) and report the median of the pairs' ratios.
+    Both run --rounds alternating rounds (ABBA..., ABCCBA...) and report the median of the ratios.
     ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
     startup   (d) command start -> first training step, with the phase breakdown from summary.json
     tune      (e) Tune trial start -> first training step, against the length of a default trial
@@ -43,6 +45,8 @@ from common import (  # noqa: E402
     machine,
     print_table,
     alternating,
+    ganray_cores,
+    idle_ray,
     median_ratio,
     ratio_row,
     run_ganray,
@@ -133,8 +137,10 @@ def bench_overhead(ctx: Ctx) -> list[Row]:
 
 
 def _overhead_at(ctx: Ctx, threads: int) -> list[Row]:
-    """`ctx.rounds` pairs of the plain loop and ganray, alternating (ABBA...); the target row is
-    the median of the pairs' ratios."""
+    """`ctx.rounds` rounds of the plain loop, the plain loop beside an idle Ray Train job
+    (benchmarks/ray_idle.py: Ray's runtime of a one-worker run, pinned as ganray's worker would
+    be) and ganray, alternating (ABCCBA...); the target row is the median of the pairs' ratios
+    ganray / plain."""
     s = ctx.size
     model = ctx.model() + [f"train.threads_per_worker={threads}", "eval.features=none"]
 
@@ -142,31 +148,47 @@ def _overhead_at(ctx: Ctx, threads: int) -> list[Row]:
         return run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
                          name=f"plain{threads}_{i}", preset=SPEED_PRESET)
 
+    def beside(i: int) -> dict:
+        with idle_ray(threads, ctx.out, f"idle{threads}_{i}"):
+            return run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
+                             name=f"beside{threads}_{i}", preset=SPEED_PRESET, cores=ganray_cores(threads))
+
     def ganray(i: int):
         return run_ganray(ctx.out, f"overhead{threads}_{i}", ctx.model() + _ganray_len(ctx, s.steps, s.report)
                           + [f"train.threads_per_worker={threads}", "train.workers=1"], preset=SPEED_PRESET)
 
-    pairs = alternating(ctx.rounds, plain, ganray)
-    plains = [p for p, _ in pairs]
-    steadies = [steady(run.rows, s.batch) for _, run in pairs]
-    rate, ratios = median_ratio([st["img_per_s"] for st in steadies], [p["img_per_s"] for p in plains])
-    whole, _ = median_ratio([run.summary["img_per_s"] for _, run in pairs],
+    rounds = alternating(ctx.rounds, plain, beside, ganray)
+    plains = [p for p, _, _ in rounds]
+    besides = [b for _, b, _ in rounds]
+    steadies = [steady(run.rows, s.batch) for _, _, run in rounds]
+    ganrays = [st["img_per_s"] for st in steadies]
+    rate, ratios = median_ratio(ganrays, [p["img_per_s"] for p in plains])
+    floor, floors = median_ratio([b["img_per_s"] for b in besides], [p["img_per_s"] for p in plains])
+    own, owns = median_ratio(ganrays, [b["img_per_s"] for b in besides])
+    whole, _ = median_ratio([run.summary["img_per_s"] for _, _, run in rounds],
                             [p["steps"] * p["batch"] / p["wall_s"] for p in plains])
     best, _ = median_ratio([st["best_img_per_s"] for st in steadies], [p["best_img_per_s"] for p in plains])
     waits = [st["data_wait_frac"] for st in steadies if st["data_wait_frac"] is not None]
     wait = max(waits) if waits else None
     ctx.details.setdefault("overhead", {})[f"{threads}_threads"] = {
-        "plain": plains, "ganray_steady": steadies, "ratios": ratios,
-        "ganray_summary": [run.summary for _, run in pairs], "ganray_rows": [run.rows for _, run in pairs]}
+        "plain": plains, "plain_beside_ray": besides, "ganray_steady": steadies, "ratios": ratios,
+        "beside_ratios": floors, "ganray_over_beside_ratios": owns,
+        "ganray_summary": [run.summary for _, _, run in rounds], "ganray_rows": [run.rows for _, _, run in rounds]}
     note = f"{s.steps} steps, batch {s.batch}, width {s.width}, report every {s.report} steps"
     t = f"{threads} thread{'s' if threads > 1 else ''}"
+    pin = ganray_cores(threads)
     return [
         Row("overhead", f"plain loop img/s (steady, mean), {t}", _mean([p["img_per_s"] for p in plains]), "img/s",
             note=note),
-        Row("overhead", f"ganray 1 worker img/s (steady, mean), {t}", _mean([st["img_per_s"] for st in steadies]),
-            "img/s"),
+        Row("overhead", f"plain loop beside idle Ray Train img/s, {t}", _mean([b["img_per_s"] for b in besides]),
+            "img/s", note=f"pinned to cores {pin}, as ganray's worker" if pin else "unpinned, as ganray's worker"),
+        Row("overhead", f"ganray 1 worker img/s (steady, mean), {t}", _mean(ganrays), "img/s"),
         Row("overhead", f"ganray / plain, steady (metrics.csv), {t}", rate, "x", ">= 0.97",
             None if rate is None else rate >= 0.97, _rounds_note(ratios)),
+        Row("overhead", f"plain beside idle Ray / plain, {t}", floor, "x",
+            note="what Ray's runtime costs any loop here; " + _rounds_note(floors)),
+        Row("overhead", f"ganray / plain beside idle Ray, {t}", own, "x",
+            note="ganray's worker beyond Ray's runtime; " + _rounds_note(owns)),
         Row("overhead", f"ganray / plain, whole run (summary.json), {t}", whole, "x", ">= 0.97",
             None if whole is None else whole >= 0.97, "median; includes first step and reports"),
         Row("overhead", f"ganray / plain, fastest window each, {t}", best, "x", ">= 0.97",

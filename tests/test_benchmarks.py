@@ -42,13 +42,20 @@ def test_ratio_row_checks_the_target_and_survives_missing_values():
     assert Row("a", "m", 1.0).as_dict()["benchmark"] == "a"
 
 
-def test_alternating_pairs_run_abba_and_keep_each_pair_together():
+def test_alternating_rounds_reverse_the_order_and_keep_each_round_together():
     order = []
     pairs = alternating(4, lambda i: order.append(("a", i)) or f"a{i}", lambda i: order.append(("b", i)) or f"b{i}")
     assert order == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3)]
     assert pairs == [("a0", "b0"), ("a1", "b1"), ("a2", "b2"), ("a3", "b3")]
+    order.clear()
+    arm = {k: (lambda i, k=k: order.append(k + str(i)) or k + str(i)) for k in "abc"}
+    triples = alternating(2, arm["a"], arm["b"], arm["c"])
+    assert order == ["a0", "b0", "c0", "c1", "b1", "a1"]  # ABCCBA: a linear drift favours none
+    assert triples == [("a0", "b0", "c0"), ("a1", "b1", "c1")]
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         alternating(0, str, str)
+    with pytest.raises(ValueError, match="at least 2 arms"):
+        alternating(1, str)
 
 
 def test_median_ratio_is_robust_to_one_disturbed_pair_and_to_missing_numbers():

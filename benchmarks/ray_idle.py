@@ -1,0 +1,69 @@
+"""Ray Train's runtime around a one-worker ganray run, with no training in it.
+
+    python benchmarks/ray_idle.py --ready FILE --stop FILE [--threads N]
+
+Starts what `ganray train` starts for one worker (its local Ray instance, `GanTrainer` with
+ganray's process-group backend and callbacks, one worker holding torch), writes FILE `--ready`
+once the worker's function runs, and ends when FILE `--stop` appears. The worker's function
+only waits. Beside it, a plain loop shares the machine with exactly the processes a ganray run
+keeps beside its own worker (Ray's daemons, Ray Train's controller and synchronisation actor,
+the autoscaling coordinator, the driver and the worker's own Ray threads), so
+
+    plain loop beside this / plain loop alone     what Ray's runtime costs any loop here
+    ganray / plain loop beside this               what ganray's worker costs beyond that
+
+(`run.py --only overhead`, "beside Ray" rows). The driver sits in `fit()`, where `ganray train`'s
+polls metrics.csv every 2 s; nothing else differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def idle_worker(config: dict) -> None:
+    import torch  # as ganray's worker holds it (its threads, allocator and libraries loaded)
+
+    torch.set_num_threads(config["threads"])
+    Path(config["ready"]).write_text("ready\n")
+    stop = Path(config["stop"])
+    while not stop.exists():
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ready", required=True, help="file written once the worker's function runs")
+    p.add_argument("--stop", required=True, help="file whose appearance ends the job")
+    p.add_argument("--threads", type=int, default=1, help="the worker's torch threads (it computes nothing)")
+    args = p.parse_args(argv)
+
+    import ray.train
+
+    from ganray.backend import ProcessGroupConfig
+    from ganray.instance import ensure_ray, owns_ray_instance
+    from ganray.trainer import GanTrainer
+
+    ensure_ray(1)
+    with tempfile.TemporaryDirectory(prefix="ganray-idle-") as storage:
+        GanTrainer(
+            idle_worker,
+            placement_group_cleaner=not owns_ray_instance(),
+            train_loop_config={"ready": args.ready, "stop": args.stop, "threads": args.threads},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            backend_config=ProcessGroupConfig(backend="gloo"),
+            run_config=ray.train.RunConfig(name="idle", storage_path=storage),
+        ).fit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
