@@ -252,24 +252,23 @@ def idle_ray(threads: int, out: Path, name: str, *, timeout: float = 300) -> Ite
     ready, stop = out / f"{name}.ready", out / f"{name}.stop"
     for f in (ready, stop):
         f.unlink(missing_ok=True)
-    log = open(out / f"{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "ray_idle.py"), "--ready", str(ready),
-                             "--stop", str(stop), "--threads", str(threads)], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=REPO)
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray_idle.py exited with {proc.returncode} before its worker ran; see {log.name}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ray_idle.py's worker did not start within {timeout:.0f} s; see {log.name}")
-            time.sleep(0.2)
-        yield
-    finally:
-        stop.touch()
+    with open(out / f"{name}.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "ray_idle.py"), "--ready", str(ready),
+                                 "--stop", str(stop), "--threads", str(threads)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO)
         try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait(timeout=60)
-        log.close()
+            deadline = time.monotonic() + timeout
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"ray_idle.py exited with {proc.returncode} before its worker ran; see {log.name}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ray_idle.py's worker did not start within {timeout:.0f} s; see {log.name}")
+                time.sleep(0.2)
+            yield
+        finally:
+            stop.touch()
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait(timeout=60)

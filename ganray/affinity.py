@@ -27,6 +27,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ganray.procs import start_time
+
 CLAIMS_FILE = "ganray-cpus-{uid}.json"
 
 
@@ -72,10 +74,10 @@ def pin_compute_threads(threads: int, *, group: str, local_world: int,
             return None
         with _locked_claims(claims_dir) as claims:
             pid = os.getpid()
-            claims[:] = [c for c in claims if c["pid"] != pid and _start_time(c["pid"]) == c["start"]]
+            claims[:] = [c for c in claims if c["pid"] != pid and start_time(c["pid"]) == c["start"]]
             cores = choose_cores(allowed, claims, group, threads, local_world)
             if cores is not None:
-                claims.append({"pid": pid, "start": _start_time(pid), "group": group, "cores": cores})
+                claims.append({"pid": pid, "start": start_time(pid), "group": group, "cores": cores})
         if cores is not None:
             os.sched_setaffinity(0, cores)
         return cores
@@ -134,15 +136,6 @@ def _valid(c) -> bool:
     return (isinstance(c, dict) and isinstance(c.get("pid"), int) and isinstance(c.get("start"), int)
             and isinstance(c.get("group"), str) and isinstance(c.get("cores"), list)
             and all(isinstance(x, int) for x in c["cores"]))
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot: with the pid, names it uniquely."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[19])
 
 
 def cpu_quota(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | None = None) -> float | None:

@@ -3,8 +3,12 @@ ends with the process, and know which of the two it is (`owns_ray_instance`)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from typing import Any
+
+from ganray import procs
 
 
 def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = True) -> None:
@@ -34,10 +38,56 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
     # here one beside a 1-worker run): each wakes 100 times a second on the cores the training
     # uses (BENCHMARKS.md, "What the misses are made of"). Ray stops one idle for 1 s; a later
     # task or actor starts a process as it would for any new runtime env.
-    ray.init(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False,
-             _system_config={"num_workers_soft_limit": 0}, **kwargs)
+    start_local_ray(num_cpus=max(cpus, num_workers) + 1, include_dashboard=False,
+                    _system_config={"num_workers_soft_limit": 0}, **kwargs)
     _owned_gcs = ray.get_runtime_context().gcs_address
     _start_autoscaling_coordinator()
+
+
+REAP_GRACE_S = 5.0  # how long a local instance's processes get to end after Ray's shutdown
+_local_daemons: set[procs.Proc] | None = None  # the processes ray.init started for it
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """`ray.init` a local instance that ends with this process, with everything it started.
+
+    Ray's own exit shuts down the daemons it started (GCS, raylet, agents, monitors), and its
+    workers normally end with the raylet. A worker can fail to: one Ray Train controller
+    deadlocked in Ray's C++ exit handlers and outlived its instance by half an hour
+    (RELIABILITY.md); and a process that a worker started in a session of its own survives
+    Ray's kill of the worker's process group. So the daemons are recorded here (the children
+    ray.init adds to this process), and at exit, or at `shutdown_local_ray`, their whole process
+    tree is taken just before Ray's shutdown, and what is left of it REAP_GRACE_S later is
+    killed, with a warning naming it. A process orphaned earlier (its parent ended mid-run) has
+    left the tree by then and is not followed.
+    """
+    import ray
+
+    global _local_daemons
+    before = procs.children()
+    ray.init(**init_kwargs)
+    _local_daemons = procs.children() - before
+    atexit.unregister(shutdown_local_ray)
+    atexit.register(shutdown_local_ray)  # runs before ray.init's own atexit shutdown (LIFO)
+
+
+def shutdown_local_ray() -> list[tuple[int, str]]:
+    """Shut down the instance `start_local_ray` started and everything it started; returns the
+    (pid, command) of each process that had to be killed. Does nothing if none is running."""
+    import ray
+
+    global _local_daemons, _owned_gcs
+    if _local_daemons is None:
+        return []
+    everything = procs.tree(_local_daemons)
+    _local_daemons = _owned_gcs = None
+    ray.shutdown()
+    killed = procs.reap(everything, REAP_GRACE_S)
+    if killed:
+        print(f"ganray: killed {len(killed)} process(es) that outlived the local Ray instance "
+              f"{REAP_GRACE_S:g} s after its shutdown: " + ", ".join(f"{pid} ({name})" for pid, name in killed),
+              file=sys.stderr)
+    return killed
 
 
 _owned_gcs: str | None = None  # the local instance ensure_ray started, by its GCS address

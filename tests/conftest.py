@@ -22,12 +22,15 @@ def ray_session():
     """A single local Ray instance shared by every test that needs Ray.
 
     4 logical CPUs on a 2-core machine: room for two training workers plus a Tune
-    driver; the work itself is tiny.
+    driver; the work itself is tiny. Started like `ganray train`'s own instance, so that at the
+    end nothing it started outlives the session (ganray.instance.start_local_ray).
     """
     import ray
 
+    from ganray.instance import shutdown_local_ray, start_local_ray
+
     if not ray.is_initialized():
-        ray.init(
+        start_local_ray(
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,
@@ -35,6 +38,7 @@ def ray_session():
             runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}},
         )
     yield ray
+    shutdown_local_ray()
     ray.shutdown()
 
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from ganray import affinity
+from ganray import affinity, procs
 from ganray.affinity import choose_cores
 
 linux_only = pytest.mark.skipif(not affinity.supported(), reason="needs Linux's sched_setaffinity and /proc")
@@ -83,7 +83,7 @@ def test_claims_of_ended_or_reused_processes_lapse(tmp_path):
     ended.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        start = affinity._start_time(alive.pid)
+        start = procs.start_time(alive.pid)
         top = [max(allowed)]
         path = affinity.claims_path(tmp_path)
         path.write_text(json.dumps([{"pid": ended.pid, "start": 1, "group": "old", "cores": top},

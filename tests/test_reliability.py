@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -658,3 +659,46 @@ def test_killed_driver_leaves_no_ray_behind_and_resumes(driver_env, tmp_path):
     assert token not in (tmp_path / "driver1.log").read_text() + out
     for f in run.rglob("*"):
         assert not f.is_file() or token.encode() not in f.read_bytes(), f
+
+
+# A process Ray's exit does not end: a worker's grandchild in a session of its own (Ray kills each
+# worker's process group, so the shell goes and the grandchild is orphaned). It stands for any
+# process of the local instance left running after Ray's shutdown, like the Ray Train controller
+# that deadlocked in Ray's exit handlers (RELIABILITY.md).
+ORPHAN_DRIVER = """
+import json, os, subprocess, sys, time
+import ray
+from ganray.instance import ensure_ray, owns_ray_instance
+
+ensure_ray(1)
+assert owns_ray_instance()
+
+@ray.remote(num_cpus=0)
+class Spawner:
+    def spawn(self):
+        shell = subprocess.Popen(["sh", "-c", "setsid sleep 600; true"])
+        for _ in range(200):
+            kids = [int(t) for t in open(f"/proc/{shell.pid}/task/{shell.pid}/children").read().split()]
+            if kids:
+                return os.getpid(), kids[0]
+            time.sleep(0.05)
+        raise RuntimeError("the shell started no child")
+
+spawner = Spawner.remote()  # held: its worker runs until the instance ends, as a run's do
+worker, orphan = ray.get(spawner.spawn.remote())
+print(json.dumps({"worker": worker, "orphan": orphan}), flush=True)
+"""
+
+
+def test_a_local_instance_ends_with_everything_it_started(driver_env):
+    """`ensure_ray`'s instance, at the driver's normal exit: Ray's shutdown, then what is left of
+    its process tree 5 s later killed and named on stderr; nothing of it runs afterwards."""
+    if not os.path.exists("/proc/self/task"):
+        pytest.skip("reads /proc")
+    env, root = driver_env
+    r = subprocess.run([sys.executable, "-c", ORPHAN_DRIVER], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pids = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "outlived the local Ray instance" in r.stderr and f"{pids['orphan']} (sleep 600)" in r.stderr, r.stderr[-3000:]
+    left = _wait_gone(root.name, 10)
+    assert not left, f"still running after the driver exited: {left}"
