@@ -96,7 +96,11 @@ def _train(args: argparse.Namespace) -> int:
         summary = run_training(cfg, resume=args.resume, progress=not args.quiet, address=args.address)
     except (RunError, DataError) as e:
         return fail(str(e), code=1 if isinstance(e, RunError) else 2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from ganray.instance import Terminated
+
+        if isinstance(e, Terminated):
+            return fail("terminated (SIGTERM); continue with the same command plus --resume", code=143)
         return fail("interrupted; continue with the same command plus --resume", code=130)
     print(f"run folder: {summary['run_dir']}")
     print(f"{summary['kimg']:.1f} kimg in {summary['wall_s']:.0f} s ({summary['img_per_s']:.0f} img/s)"

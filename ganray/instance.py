@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 from ganray import procs
@@ -42,6 +44,24 @@ def ensure_ray(num_workers: int, *, address: str | None = None, quiet: bool = Tr
                     _system_config={"num_workers_soft_limit": 0}, **kwargs)
     _owned_gcs = ray.get_runtime_context().gcs_address
     _start_autoscaling_coordinator()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt."""
+
+
+def sigterm_as_interrupt() -> None:
+    """From now on SIGTERM raises `Terminated` in the main thread, so that a driver stopped by
+    a scheduler (`timeout`, SLURM, Kubernetes, `ray job stop`) ends as one stopped by Ctrl-C:
+    its exit handlers run, and a local instance ends with everything it started. Call it after
+    `ray.init`: Ray's core worker replaces Python's SIGTERM handler with one that logs a stack
+    and dies on the spot, running no exit handler. Does nothing outside the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
 
 
 REAP_GRACE_S = 5.0  # how long a local instance's processes get to end after Ray's shutdown

@@ -18,7 +18,7 @@ from typing import Any
 
 from ganray import affinity
 from ganray.config import Config
-from ganray.instance import ensure_ray, owns_ray_instance
+from ganray.instance import ensure_ray, owns_ray_instance, sigterm_as_interrupt
 from ganray.runfolder import RunFolder, run_path, storage_root
 from ganray.startup import process_start, startup_breakdown
 
@@ -277,6 +277,7 @@ def run_training(cfg: Config, *, resume: bool = False, progress: bool = True, ad
     """Train; write summary.json; return the summary. Raises RunError on failure."""
     t_cmd = time.time()
     ensure_ray(cfg.train.workers, address=address)
+    sigterm_as_interrupt()
     t_ray = time.time()
     p = prepare(cfg, resume=resume)
     marks = p.loop_config["startup_marks"]

@@ -702,3 +702,31 @@ def test_a_local_instance_ends_with_everything_it_started(driver_env):
     assert "outlived the local Ray instance" in r.stderr and f"{pids['orphan']} (sleep 600)" in r.stderr, r.stderr[-3000:]
     left = _wait_gone(root.name, 10)
     assert not left, f"still running after the driver exited: {left}"
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_leaves_no_ray_behind(driver_env, tmp_path):
+    """`ganray train` stopped by SIGTERM (a scheduler's stop): exit 143 with the resume hint, its
+    exit handlers run, so its local Ray and all of Ray's processes are gone when it returns.
+    Without ganray's handler Ray's core worker kills the driver on the spot (-15, no message)."""
+    exe = shutil.which("ganray")
+    if exe is None:
+        pytest.skip("the ganray console script is not installed")
+    env, root = driver_env
+    run = tmp_path / "st"
+    driver = subprocess.Popen([exe, "train", *TINY, "--out", str(tmp_path), "--name", "st", "--steps", "4000"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not ((run / "metrics.csv").exists() and max(_steps(run), default=0) >= 2):
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.time() < deadline, "no report within 240 s"
+            time.sleep(0.2)
+        assert _tagged(root.name)
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 143, err[-3000:]
+    assert "ganray: error: terminated (SIGTERM); continue with the same command plus --resume" in err
+    assert not _tagged(root.name), "Ray processes outlived the driver's exit"
