@@ -52,7 +52,7 @@ class Terminated(KeyboardInterrupt):
 
 def sigterm_as_interrupt() -> None:
     """From now on SIGTERM raises `Terminated` in the main thread, so that a driver stopped by
-    a scheduler (`timeout`, SLURM, Kubernetes, `ray job stop`) ends as one stopped by Ctrl-C:
+    a scheduler (`timeout`, SLURM, Kubernetes) ends as one stopped by Ctrl-C:
     its exit handlers run, and a local instance ends with everything it started. Call it after
     `ray.init`: Ray's core worker replaces Python's SIGTERM handler with one that logs a stack
     and dies on the spot, running no exit handler. Does nothing outside the main thread."""
