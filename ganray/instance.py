@@ -101,8 +101,10 @@ def shutdown_local_ray() -> list[tuple[int, str]]:
         return []
     everything = procs.tree(_local_daemons)
     _local_daemons = _owned_gcs = None
-    ray.shutdown()
-    killed = procs.reap(everything, REAP_GRACE_S)
+    try:
+        ray.shutdown()
+    finally:
+        killed = procs.reap(everything, REAP_GRACE_S)
     if killed:
         print(f"ganray: killed {len(killed)} process(es) that outlived the local Ray instance "
               f"{REAP_GRACE_S:g} s after its shutdown: " + ", ".join(f"{pid} ({name})" for pid, name in killed),
