@@ -241,9 +241,13 @@ def ganray_cores(threads: int) -> list[int] | None:
     (`train.cpu_affinity=auto`, nothing else claimed), or None where it pins nothing."""
     from ganray import affinity
 
-    if not affinity.supported() or affinity.cpu_quota() is not None:
+    if not affinity.supported():
         return None
-    return affinity.choose_cores(sorted(os.sched_getaffinity(0)), [], "benchmark", threads, 1)
+    allowed = sorted(os.sched_getaffinity(0))
+    quota = affinity.cpu_quota()
+    if quota is not None and quota < len(allowed):  # affinity.pin_compute_threads' rule
+        return None
+    return affinity.choose_cores(allowed, [], "benchmark", threads, 1)
 
 
 @contextlib.contextmanager

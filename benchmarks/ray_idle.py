@@ -12,8 +12,8 @@ the autoscaling coordinator, the driver and the worker's own Ray threads), so
     plain loop beside this / plain loop alone     what Ray's runtime costs any loop here
     ganray / plain loop beside this               what ganray's worker costs beyond that
 
-(`run.py --only overhead`, "beside Ray" rows). The driver sits in `fit()`, where `ganray train`'s
-polls metrics.csv every 2 s; nothing else differs.
+(`run.py --only overhead`, "beside Ray" rows). The driver waits in `fit()`, where `ganray train`'s
+driver also reads metrics.csv every 2 s; nothing else differs.
 """
 
 from __future__ import annotations
