@@ -241,13 +241,8 @@ def ganray_cores(threads: int) -> list[int] | None:
     (`train.cpu_affinity=auto`, nothing else claimed), or None where it pins nothing."""
     from ganray import affinity
 
-    if not affinity.supported():
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    quota = affinity.cpu_quota()
-    if quota is not None and quota < len(allowed):  # affinity.pin_compute_threads' rule
-        return None
-    return affinity.choose_cores(allowed, [], "benchmark", threads, 1)
+    allowed = affinity.pinnable_cores()
+    return None if allowed is None else affinity.choose_cores(allowed, [], "benchmark", threads, 1)
 
 
 @contextlib.contextmanager

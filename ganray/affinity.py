@@ -36,6 +36,16 @@ def supported() -> bool:
     return hasattr(os, "sched_setaffinity") and os.path.exists("/proc/self/stat")
 
 
+def pinnable_cores() -> list[int] | None:
+    """The cores this process may pin to, or None where ganray never pins: off Linux, and under a
+    cgroup CPU bandwidth limit below them (cores other containers share)."""
+    if not supported():
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    quota = cpu_quota()
+    return None if quota is not None and quota < len(allowed) else allowed
+
+
 def resolve(setting: str, owns_instance: bool) -> bool:
     """train.cpu_affinity -> whether to pin: "auto" pins on a local instance ganray started
     (its machine is the run's own); "on" also on clusters whose nodes run nothing else."""
@@ -65,12 +75,11 @@ def pin_compute_threads(threads: int, *, group: str, local_world: int,
     `local_world * threads` cores fit beside other groups' claims with one core to spare.
     Returns the cores, or None when not pinned; never raises for lack of support or room.
     """
-    if not supported() or threads < 1:
+    if threads < 1:
         return None
     try:
-        allowed = sorted(os.sched_getaffinity(0))
-        quota = cpu_quota()
-        if quota is not None and quota < len(allowed):
+        allowed = pinnable_cores()
+        if allowed is None:
             return None
         with _locked_claims(claims_dir) as claims:
             pid = os.getpid()

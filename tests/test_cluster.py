@@ -342,8 +342,8 @@ def test_training_job_spreads_workers_over_both_nodes(cluster, mnist_dir, tmp_pa
     # Pinned on request, 1 thread each, only with a core to spare: both nodes are this machine
     # (one IP, so Ray Train counts both ranks as local to each other), so 2 cores leave none and
     # neither rank is pinned; 3 or more give each rank a core of its own.
-    if affinity.supported() and affinity.cpu_quota() is None:
-        allowed = sorted(os.sched_getaffinity(0))
+    allowed = affinity.pinnable_cores()
+    if allowed is not None:
         cores = summary["worker_cores"]
         if len(allowed) >= 3:
             assert sorted(cores) == [[allowed[-2]], [allowed[-1]]], cores

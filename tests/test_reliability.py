@@ -648,8 +648,8 @@ def test_killed_driver_leaves_no_ray_behind_and_resumes(driver_env, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == steps
     # The killed worker's claim on its core lapsed with it: the resumed worker got the same core.
-    allowed = sorted(os.sched_getaffinity(0)) if affinity.supported() else []
-    pinnable = len(allowed) >= 2 and (affinity.cpu_quota() or 1e9) >= len(allowed)
+    allowed = affinity.pinnable_cores() or []
+    pinnable = len(allowed) >= 2
     assert summary["worker_cores"] == ([[allowed[-1]]] if pinnable else [None]), summary["worker_cores"]
     left = _wait_gone(tag, 30)
     print(f"after the resumed run exited: {len(left)} tagged processes still alive")
