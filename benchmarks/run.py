@@ -12,7 +12,10 @@ before and after next to it; on a busy machine the numbers are noise, so read th
               ratio into what Ray's runtime costs any loop and what ganray's worker adds
     scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1), beside
               plain PyTorch DDP in 2 processes vs 1 process
-    Both run --rounds alternating rounds (ABBA..., ABCCBA...) and report the median of the ratios.
+    floor     the plain loop alone, beside an idle Ray Train job, and beside only the part of that
+              job any Ray Train run keeps (ray_idle.py --pause-helpers): the most that any worker
+              on Ray Train can reach against the plain loop on this machine, at --threads
+    These run --rounds alternating rounds (ABBA..., ABCCBA...) and report the median of the ratios.
     ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
     startup   (d) command start -> first training step, with the phase breakdown from summary.json
     tune      (e) Tune trial start -> first training step, against the length of a default trial
@@ -195,6 +198,41 @@ def _overhead_at(ctx: Ctx, threads: int) -> list[Row]:
             None if best is None else best >= 0.97, "median; the estimate to read on a busy machine"),
         Row("data", f"data_wait_frac, steady (metrics.csv), {t}", wait, "", "<= 0.02",
             None if wait is None else wait <= 0.02, "the highest of the rounds" if len(waits) > 1 else ""),
+    ]
+
+
+def bench_floor(ctx: Ctx) -> list[Row]:
+    """The plain loop alone, beside an idle one-worker Ray Train job, and beside that job with
+    the instance's helpers that Ray Train does not use paused (ray_idle.py --pause-helpers),
+    alternating (ABCCBA...) at `ctx.threads`, the loop pinned as ganray's worker would be. No
+    worker can run faster beside Ray's runtime than the plain loop does, so the last ratio
+    bounds what ganray / plain can reach here whatever ganray's worker does."""
+    s, threads = ctx.size, ctx.threads
+    model = ctx.model() + [f"train.threads_per_worker={threads}", "eval.features=none"]
+    pin = ganray_cores(threads)
+
+    def plain(i: int, name: str = "plain", cores: list[int] | None = None) -> dict:
+        return run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
+                         name=f"floor_{name}{threads}_{i}", preset=SPEED_PRESET, cores=cores)
+
+    def beside(i: int, pause: bool = False) -> dict:
+        name = "least" if pause else "beside"
+        with idle_ray(threads, ctx.out, f"floor_idle_{name}{threads}_{i}", pause_helpers=pause):
+            return plain(i, name, pin)
+
+    rounds = alternating(ctx.rounds, plain, beside, lambda i: beside(i, pause=True))
+    alone = [r[0]["img_per_s"] for r in rounds]
+    full, fulls = median_ratio([r[1]["img_per_s"] for r in rounds], alone)
+    least, leasts = median_ratio([r[2]["img_per_s"] for r in rounds], alone)
+    ctx.details["floor"] = {"threads": threads, "plain": [r[0] for r in rounds],
+                            "plain_beside_ray": [r[1] for r in rounds], "plain_beside_least": [r[2] for r in rounds],
+                            "beside_ratios": fulls, "least_ratios": leasts}
+    t = f"{threads} thread{'s' if threads > 1 else ''}"
+    return [
+        Row("floor", f"plain loop img/s (steady, mean), {t}", _mean(alone), "img/s"),
+        Row("floor", f"plain beside idle Ray / plain, {t}", full, "x", note=_rounds_note(fulls)),
+        Row("floor", f"plain beside Ray Train's least / plain, {t}", least, "x",
+            note="helpers paused: GCS, raylet, controller, sync actor, coordinator, driver; " + _rounds_note(leasts)),
     ]
 
 
@@ -435,8 +473,10 @@ def bench_gpu(ctx: Ctx) -> list[Row]:
 
 
 BENCHMARKS = {"overhead": bench_overhead, "scaling": bench_scaling, "ingest": bench_ingest,
-              "startup": bench_startup, "tune": bench_tune, "eval": bench_eval, "gpu": bench_gpu}
-DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]  # eval before tune; gpu: gpu_check.sh
+              "startup": bench_startup, "tune": bench_tune, "eval": bench_eval, "gpu": bench_gpu,
+              "floor": bench_floor}
+DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]  # eval before tune; gpu: gpu_check.sh; floor:
+# an experiment on Ray's runtime, run on its own
 
 
 def main(argv: list[str] | None = None) -> int:
