@@ -246,17 +246,14 @@ def ganray_cores(threads: int) -> list[int] | None:
 
 
 @contextlib.contextmanager
-def idle_ray(threads: int, out: Path, name: str, *, pause_helpers: bool = False,
-             timeout: float = 300) -> Iterator[None]:
-    """benchmarks/ray_idle.py for the block: the Ray runtime of a one-worker ganray run, idle
-    (with `pause_helpers`, only the part of it that any Ray Train job keeps)."""
+def idle_ray(threads: int, out: Path, name: str, *, timeout: float = 300) -> Iterator[None]:
+    """benchmarks/ray_idle.py for the block: the Ray runtime of a one-worker ganray run, idle."""
     ready, stop = out / f"{name}.ready", out / f"{name}.stop"
     for f in (ready, stop):
         f.unlink(missing_ok=True)
     with open(out / f"{name}.log", "w") as log:
         proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "ray_idle.py"), "--ready", str(ready),
-                                 "--stop", str(stop), "--threads", str(threads)]
-                                + (["--pause-helpers"] if pause_helpers else []), stdout=log,
+                                 "--stop", str(stop), "--threads", str(threads)], stdout=log,
                                 stderr=subprocess.STDOUT, cwd=REPO)
         try:
             deadline = time.monotonic() + timeout

@@ -116,6 +116,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
     order, pos = torch.randperm(len(real_all), device=device), 0
     acc: dict[str, torch.Tensor] = {}
     windows: list[tuple[int, float]] = []
+    ends: list[float] = []  # each window's end, time.perf_counter()
     t_start = t_window = time.perf_counter()
     first_step_s = None
     syncs: list[int] = []
@@ -150,6 +151,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
             now = time.perf_counter()
             n = report_every if (step + 1) % report_every == 0 else (step + 1) % report_every
             windows.append((n * images_per_step, now - t_window))
+            ends.append(now)
             t_window = now
     wall = time.perf_counter() - t_start
     return {
@@ -161,6 +163,7 @@ def plain_loop(cfg: Config, *, steps: int, report_every: int, device: str | torc
         "img_per_s": steady_img_per_s(windows),
         "best_img_per_s": max((n / s for n, s in windows[1:] or windows), default=0.0),
         "window_img_per_s": [round(n / s, 1) for n, s in windows],
+        "windows": [(end, n, s) for end, (n, s) in zip(ends, windows)],  # (perf_counter at its end, images, s)
         "first_step_s": first_step_s,
         "wall_s": wall,
         "final": {k: float(v) / steps for k, v in acc.items()},
@@ -212,6 +215,7 @@ def plain_ddp(cfg: Config, *, workers: int, steps: int, report_every: int, threa
                 proc.kill()
     outs.sort(key=lambda o: o["rank"])
     total = dict(outs[0])
+    total.pop("windows", None)  # rank 0's alone
     for key in ("img_per_s", "best_img_per_s"):
         total[key] = sum(o[key] for o in outs)
     total["window_img_per_s"] = [round(sum(w), 1) for w in zip(*(o["window_img_per_s"] for o in outs))]

@@ -12,9 +12,9 @@ before and after next to it; on a busy machine the numbers are noise, so read th
               ratio into what Ray's runtime costs any loop and what ganray's worker adds
     scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1), beside
               plain PyTorch DDP in 2 processes vs 1 process
-    floor     the plain loop alone, beside an idle Ray Train job, and beside only the part of that
-              job any Ray Train run keeps (ray_idle.py --pause-helpers): the most that any worker
-              on Ray Train can reach against the plain loop on this machine, at --threads
+    floor     one plain loop beside an idle Ray Train job whose processes are stopped and resumed in
+              phases (benchmarks/ray_phases.py): beside Ray / alone and beside the least any Ray
+              Train job keeps / alone, at --threads; what any worker on Ray Train can reach here
     These run --rounds alternating rounds (ABBA..., ABCCBA...) and report the median of the ratios.
     ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
     startup   (d) command start -> first training step, with the phase breakdown from summary.json
@@ -202,37 +202,33 @@ def _overhead_at(ctx: Ctx, threads: int) -> list[Row]:
 
 
 def bench_floor(ctx: Ctx) -> list[Row]:
-    """The plain loop alone, beside an idle one-worker Ray Train job, and beside that job with
-    the instance's helpers that Ray Train does not use paused (ray_idle.py --pause-helpers),
-    alternating (ABCCBA...) at `ctx.threads`, the loop pinned as ganray's worker would be. No
-    worker can run faster beside Ray's runtime than the plain loop does, so the last ratio
-    bounds what ganray / plain can reach here whatever ganray's worker does."""
-    s, threads = ctx.size, ctx.threads
-    model = ctx.model() + [f"train.threads_per_worker={threads}", "eval.features=none"]
-    pin = ganray_cores(threads)
-
-    def plain(i: int, name: str = "plain", cores: list[int] | None = None) -> dict:
-        return run_plain(model, steps=s.steps, report_every=s.report, threads=threads, out=ctx.out,
-                         name=f"floor_{name}{threads}_{i}", preset=SPEED_PRESET, cores=cores)
-
-    def beside(i: int, pause: bool = False) -> dict:
-        name = "least" if pause else "beside"
-        with idle_ray(threads, ctx.out, f"floor_idle_{name}{threads}_{i}", pause_helpers=pause):
-            return plain(i, name, pin)
-
-    rounds = alternating(ctx.rounds, plain, beside, lambda i: beside(i, pause=True))
-    alone = [r[0]["img_per_s"] for r in rounds]
-    full, fulls = median_ratio([r[1]["img_per_s"] for r in rounds], alone)
-    least, leasts = median_ratio([r[2]["img_per_s"] for r in rounds], alone)
-    ctx.details["floor"] = {"threads": threads, "plain": [r[0] for r in rounds],
-                            "plain_beside_ray": [r[1] for r in rounds], "plain_beside_least": [r[2] for r in rounds],
-                            "beside_ratios": fulls, "least_ratios": leasts}
+    """benchmarks/ray_phases.py at `ctx.threads`: one plain loop beside an idle one-worker Ray
+    Train job whose processes are stopped and resumed in phases of a few seconds, so that the
+    VM's drift between minutes cancels out. No worker on Ray Train can beat the plain loop
+    beside Ray's runtime, so these ratios bound what ganray / plain can reach here."""
+    threads, out = ctx.threads, ctx.out / f"floor{ctx.threads}.json"
+    steps = 400 if ctx.quick else 1200 * threads  # about 6 minutes at the full size
+    phase = ["--phase-s", "0.5", "--settle-s", "0.1"] if ctx.quick else []
+    cmd = [sys.executable, str(REPO / "benchmarks" / "ray_phases.py"), "--json", str(out), "--threads", str(threads),
+           "--steps", str(steps), "--preset", SPEED_PRESET, *phase]
+    for override in ctx.model():
+        cmd += ["--set", override]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"ray_phases.py failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
+    got = json.loads(out.read_text())
+    ctx.details["floor"] = got
     t = f"{threads} thread{'s' if threads > 1 else ''}"
+    job = got["job_cpu_cores"]
+    note = lambda key: _rounds_note(got["ratios"][key], "cycle")  # noqa: E731
     return [
-        Row("floor", f"plain loop img/s (steady, mean), {t}", _mean(alone), "img/s"),
-        Row("floor", f"plain beside idle Ray / plain, {t}", full, "x", note=_rounds_note(fulls)),
-        Row("floor", f"plain beside Ray Train's least / plain, {t}", least, "x",
-            note="helpers paused: GCS, raylet, controller, sync actor, coordinator, driver; " + _rounds_note(leasts)),
+        Row("floor", f"plain loop img/s (steady, mean), {t}", got["plain_img_per_s"], "img/s",
+            note=f"phases of {got['phase_s']:g} s; pinned to cores {got['cores']}" if got["cores"] else
+            f"phases of {got['phase_s']:g} s; unpinned"),
+        Row("floor", f"beside idle Ray Train / alone, {t}", got["median"]["B/A"], "x",
+            note=f"Ray's processes at {job['B']:.3f} cores; " + note("B/A")),
+        Row("floor", f"beside Ray Train's least / alone, {t}", got["median"]["C/A"], "x",
+            note=f"helpers stopped, the rest at {job['C']:.3f} cores; " + note("C/A")),
     ]
 
 
@@ -241,10 +237,10 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(found) / len(found) if found else None
 
 
-def _rounds_note(ratios: list[float | None]) -> str:
-    if len(ratios) == 1:
-        return "one pair"
-    return f"median of {len(ratios)} pairs: " + ", ".join("-" if r is None else f"{r:.3f}" for r in ratios)
+def _rounds_note(ratios: list[float | None], unit: str = "pair") -> str:
+    if len(ratios) <= 1:
+        return f"{'one' if ratios else 'no'} {unit}"
+    return f"median of {len(ratios)} {unit}s: " + ", ".join("-" if r is None else f"{r:.3f}" for r in ratios)
 
 
 def bench_scaling(ctx: Ctx) -> list[Row]:

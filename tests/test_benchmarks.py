@@ -136,3 +136,37 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
 def test_gpu_check_rejects_bad_device():
     proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "tpu"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--device" in proc.stderr
+
+
+def test_the_floor_benchmark_finds_each_helper_it_stops_and_nothing_ray_train_uses(ray_session):
+    """`run.py --only floor` stops Ray's helpers by their command lines (ray_idle.HELPERS); a Ray
+    release that renamed one would leave it running (ray_phases.py then refuses to measure)."""
+    import ray_idle
+
+    from ganray import procs
+
+    def found() -> dict[str, list[int]]:
+        return ray_idle.helpers([pid for pid, _ in procs.tree(procs.children())])
+
+    deadline = time.monotonic() + 30  # the raylet starts its agents after ray.init returns
+    while set(got := found()) != set(ray_idle.HELPERS) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert set(got) == set(ray_idle.HELPERS)
+    stopped = [Path(f"/proc/{pid}/cmdline").read_bytes() for pids in got.values() for pid in pids]
+    assert not [c for c in stopped if b"gcs_server" in c or b"/raylet" in c or b"Train" in c], stopped
+    assert all(len(pids) == 1 for pids in got.values()), got  # one of each on one node
+
+
+def test_phase_ratios_pair_each_cycle_and_leave_out_the_warm_up():
+    from ray_phases import cycle_ratios, phase_rates
+
+    timeline = [(10.0 * i, 10.0 * i + 10, state, 0.0) for i, state in enumerate("ABCCBA" * 3)]
+    rate = {"A": 100.0, "B": 90.0, "C": 95.0}
+    windows = []  # (end, images, seconds): 1-s windows at each phase's rate, a slow one in the first
+    for t0, _, state, _ in timeline:
+        windows += [(t0 + k + 1, rate[state] * (0.5 if t0 == 0 else 1.0), 1.0) for k in range(10)]
+    rates = phase_rates(windows, timeline, settle_s=2.0)
+    assert rates[1] == ("B", pytest.approx(90.0)) and rates[0] == ("A", pytest.approx(50.0))
+    ratios = cycle_ratios(rates)
+    assert ratios["B/A"] == pytest.approx([0.9, 0.9]) and ratios["C/A"] == pytest.approx([0.95, 0.95])
+    assert cycle_ratios(rates, skip=0)["B/A"][0] == pytest.approx(90 / 75)  # A: the mean of 50 and 100
