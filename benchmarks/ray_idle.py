@@ -4,10 +4,11 @@
 
 Starts what `ganray train` starts for one worker (its local Ray instance, `GanTrainer` with
 ganray's process-group backend and callbacks, one worker holding torch), writes FILE `--ready`
-once the worker's function runs, and ends when FILE `--stop` appears. The worker's function
-only waits. Beside it, a plain loop shares the machine with exactly the processes a ganray run
-keeps beside its own worker (Ray's daemons, Ray Train's controller and synchronisation actor,
-the autoscaling coordinator, the driver and the worker's own Ray threads), so
+once the worker's function runs, and ends when FILE `--stop` appears or the process that
+started it is gone. The worker's function only waits. Beside it, a plain loop shares the
+machine with exactly the processes a ganray run keeps beside its own worker (Ray's daemons, Ray
+Train's controller and synchronisation actor, the autoscaling coordinator, the driver and the
+worker's own Ray threads), so
 
     plain loop beside this / plain loop alone     what Ray's runtime costs any loop here
     ganray / plain loop beside this               what ganray's worker costs beyond that
@@ -20,6 +21,7 @@ processes that Ray Train does not use (benchmarks/ray_phases.py stops them in so
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -56,10 +58,12 @@ def helpers(pids: list[int]) -> dict[str, list[int]]:
 def idle_worker(config: dict) -> None:
     import torch  # as ganray's worker holds it (its threads, allocator and libraries loaded)
 
+    from ganray import procs
+
     torch.set_num_threads(config["threads"])
     Path(config["ready"]).write_text("ready\n")
-    stop = Path(config["stop"])
-    while not stop.exists():
+    stop, owner = Path(config["stop"]), config.get("owner")
+    while not stop.exists() and (owner is None or procs.alive(owner)):  # or the benchmark is gone
         time.sleep(0.5)
 
 
@@ -76,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     from ganray.instance import ensure_ray, owns_ray_instance
     from ganray.trainer import GanTrainer
 
+    from ganray import procs
+
+    parent = os.getppid()  # the benchmark that started this job: it ends with it
+    owner = (parent, procs.start_time(parent))
     ensure_ray(1)
     with tempfile.TemporaryDirectory(prefix="ganray-idle-") as storage:
         GanTrainer(
             idle_worker,
             placement_group_cleaner=not owns_ray_instance(),
-            train_loop_config={"ready": args.ready, "stop": args.stop, "threads": args.threads},
+            train_loop_config={"ready": args.ready, "stop": args.stop, "threads": args.threads, "owner": owner},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
             backend_config=ProcessGroupConfig(backend="gloo"),
             run_config=ray.train.RunConfig(name="idle", storage_path=storage),

@@ -133,6 +133,10 @@ def cycle_ratios(rates: list[tuple[str, float | None]], skip: int = 1) -> dict[s
     return ratios
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", type=Path, required=True)
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="dcgan")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # so that the job is resumed and ended on `kill` too
 
     import torch
 
@@ -154,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(None, args.overrides, preset=args.preset)
     cores = ganray_cores(args.threads)
-    if cores:
-        os.sched_setaffinity(0, cores)
     torch.set_num_threads(args.threads)
     images = load_images(cfg, torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="ganray-phases-") as tmp:
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 if job.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"ray_idle.py's worker did not start:\n{Path(log.name).read_text()[-2000:]}")
                 time.sleep(0.2)
+            if cores:  # only now: the job's processes must not inherit the pin
+                os.sched_setaffinity(0, cores)
             everything = sorted(pid for pid, _ in procs.tree({(job.pid, procs.start_time(job.pid) or 0)}))
             found = helpers(everything)
             missing = [m for m in HELPERS if m not in found]
