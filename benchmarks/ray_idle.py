@@ -76,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray.train
 
+    from ganray import procs
     from ganray.backend import ProcessGroupConfig
     from ganray.instance import ensure_ray, owns_ray_instance
     from ganray.trainer import GanTrainer
-
-    from ganray import procs
 
     parent = os.getppid()  # the benchmark that started this job: it ends with it
     owner = (parent, procs.start_time(parent))

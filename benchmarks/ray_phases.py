@@ -17,9 +17,10 @@ processes are stopped (SIGSTOP) and resumed in phases of a few seconds, cycling 
 
 A phase's img/s is that of the loop's windows (a few steps each) inside it, after a settling
 margin; B/A and C/A are taken per cycle, from phases seconds apart, and their medians are
-the result (the first cycle, the loop's warm-up, left out). The CPU time of the job's processes is read at each phase boundary, so that the
-JSON shows Ray's load per phase (near 0 in A; the same in B whether after A or after C).
-An experiment on Ray, not a way to run it: a stopped process answers nothing.
+the result (the first cycle, the loop's warm-up, left out). The CPU time of the job's
+processes is read at each phase boundary, so that the JSON shows Ray's load per phase (0 in A).
+An experiment on Ray, not a way to run it: a stopped process answers nothing. On SIGTERM the
+job is resumed and ended; after a SIGKILL of this process it may be left stopped.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from ray_idle import HELPERS, helpers  # noqa: E402
+from ray_idle import HELPERS, helpers
 
 CYCLE = "ABCCBA"
 
@@ -71,16 +72,16 @@ class Phases:
     thread, and keeps the timeline: (start, end, state, CPU seconds of the job's processes)."""
 
     def __init__(self, everything: list[int], helper_pids: list[int], phase_s: float):
-        self.everything, self.helpers, self.phase_s = everything, helper_pids, phase_s
-        self.rest = [p for p in everything if p not in set(helper_pids)]
+        self.everything, self.phase_s = everything, phase_s
+        self.running = {"A": [], "B": everything, "C": [p for p in everything if p not in set(helper_pids)]}
         self.timeline: list[tuple[float, float, str, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _enter(self, state: str) -> None:
-        running = {"A": [], "B": self.everything, "C": self.rest}[state]
+        running = self.running[state]
         send(running, signal.SIGCONT)
-        send([p for p in self.everything if p not in set(running)], signal.SIGSTOP)
+        send(sorted(set(self.everything) - set(running)), signal.SIGSTOP)
 
     def _run(self) -> None:
         k = 0
@@ -92,7 +93,7 @@ class Phases:
             self.timeline.append((t0, time.perf_counter(), state, cpu_seconds(self.everything) - cpu0))
             k += 1
 
-    def __enter__(self) -> "Phases":
+    def __enter__(self) -> Phases:
         self._thread.start()
         return self
 
@@ -151,19 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # so that the job is resumed and ended on `kill` too
 
     import torch
-
     from common import ganray_cores
+    from plain_loop import load_images, plain_loop
+
     from ganray import procs
     from ganray.config import load_config
-    from plain_loop import load_images, plain_loop
 
     cfg = load_config(None, args.overrides, preset=args.preset)
     cores = ganray_cores(args.threads)
     torch.set_num_threads(args.threads)
     images = load_images(cfg, torch.device("cpu"))
-    with tempfile.TemporaryDirectory(prefix="ganray-phases-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ganray-phases-") as tmp, open(Path(tmp) / "ray_idle.log", "w") as log:
         ready, stop = Path(tmp) / "ready", Path(tmp) / "stop"
-        log = open(Path(tmp) / "ray_idle.log", "w")
         job = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "ray_idle.py"), "--ready", str(ready),
                                 "--stop", str(stop), "--threads", str(args.threads)], stdout=log,
                                stderr=subprocess.STDOUT, cwd=REPO)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 job.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 job.kill()
-            log.close()
+            log.flush()
             job_log = Path(log.name).read_text()[-2000:]
         clean = job.returncode == 0
     rates = phase_rates(out["windows"], phases.timeline, args.settle_s)
@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     m, c = result["median"], result["job_cpu_cores"]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     print(f"B/A (beside Ray / alone) {fmt(m['B/A'])}, C/A (beside Ray Train's least / alone) {fmt(m['C/A'])}, "
           f"medians of {len(ratios['B/A'])} cycles; the job's CPU per phase A {fmt(c['A'])}, B {fmt(c['B'])}, "
           f"C {fmt(c['C'])} cores; job ended {'cleanly' if clean else 'with code ' + str(job.returncode)}")

@@ -12,10 +12,11 @@ before and after next to it; on a busy machine the numbers are noise, so read th
               ratio into what Ray's runtime costs any loop and what ganray's worker adds
     scaling   (b) 2 workers x 1 thread vs 1 worker x 1 thread (train.threads_per_worker=1), beside
               plain PyTorch DDP in 2 processes vs 1 process
-    floor     one plain loop beside an idle Ray Train job whose processes are stopped and resumed in
-              phases (benchmarks/ray_phases.py): beside Ray / alone and beside the least any Ray
-              Train job keeps / alone, at --threads; what any worker on Ray Train can reach here
-    These run --rounds alternating rounds (ABBA..., ABCCBA...) and report the median of the ratios.
+    Both run --rounds alternating rounds (ABBA..., ABCCBA...) and report the median of the ratios.
+    floor     (not in the default set) one plain loop beside an idle Ray Train job whose processes
+              are stopped and resumed in 6-s phases (benchmarks/ray_phases.py): beside Ray / alone
+              and beside the least any Ray Train job keeps / alone, at --threads; the most any
+              worker on Ray Train can reach against the plain loop here
     ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
     startup   (d) command start -> first training step, with the phase breakdown from summary.json
     tune      (e) Tune trial start -> first training step, against the length of a default trial
@@ -220,7 +221,10 @@ def bench_floor(ctx: Ctx) -> list[Row]:
     ctx.details["floor"] = got
     t = f"{threads} thread{'s' if threads > 1 else ''}"
     job = got["job_cpu_cores"]
-    note = lambda key: _rounds_note(got["ratios"][key], "cycle")  # noqa: E731
+
+    def note(key: str) -> str:
+        return _rounds_note(got["ratios"][key], "cycle")
+
     return [
         Row("floor", f"plain loop img/s (steady, mean), {t}", got["plain_img_per_s"], "img/s",
             note=f"phases of {got['phase_s']:g} s; pinned to cores {got['cores']}" if got["cores"] else
