@@ -246,8 +246,9 @@ def ganray_cores(threads: int) -> list[int] | None:
 
 
 @contextlib.contextmanager
-def idle_ray(threads: int, out: Path, name: str, *, timeout: float = 300) -> Iterator[None]:
-    """benchmarks/ray_idle.py for the block: the Ray runtime of a one-worker ganray run, idle."""
+def idle_ray(threads: int, out: Path, name: str, *, timeout: float = 300) -> Iterator[subprocess.Popen]:
+    """benchmarks/ray_idle.py for the block: the Ray runtime of a one-worker ganray run, idle.
+    Yields its driver's process once its worker runs; its log is out/NAME.log."""
     ready, stop = out / f"{name}.ready", out / f"{name}.stop"
     for f in (ready, stop):
         f.unlink(missing_ok=True)
@@ -263,7 +264,7 @@ def idle_ray(threads: int, out: Path, name: str, *, timeout: float = 300) -> Ite
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"ray_idle.py's worker did not start within {timeout:.0f} s; see {log.name}")
                 time.sleep(0.2)
-            yield
+            yield proc
         finally:
             stop.touch()
             try:

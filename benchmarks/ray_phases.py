@@ -30,9 +30,7 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -140,7 +138,7 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--json", type=Path, required=True, help="results; the idle job's log goes next to it")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--steps", type=int, default=2400, help="the plain loop's steps (the run's length)")
     p.add_argument("--report-every", type=int, default=2, help="steps per window of the plain loop")
@@ -152,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # so that the job is resumed and ended on `kill` too
 
     import torch
-    from common import ganray_cores
+    from common import ganray_cores, idle_ray
     from plain_loop import load_images, plain_loop
 
     from ganray import procs
@@ -162,36 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     cores = ganray_cores(args.threads)
     torch.set_num_threads(args.threads)
     images = load_images(cfg, torch.device("cpu"))
-    with tempfile.TemporaryDirectory(prefix="ganray-phases-") as tmp, open(Path(tmp) / "ray_idle.log", "w") as log:
-        ready, stop = Path(tmp) / "ready", Path(tmp) / "stop"
-        job = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "ray_idle.py"), "--ready", str(ready),
-                                "--stop", str(stop), "--threads", str(args.threads)], stdout=log,
-                               stderr=subprocess.STDOUT, cwd=REPO)
-        try:
-            deadline = time.monotonic() + 300
-            while not ready.exists():
-                if job.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray_idle.py's worker did not start:\n{Path(log.name).read_text()[-2000:]}")
-                time.sleep(0.2)
-            if cores:  # only now: the job's processes must not inherit the pin
-                os.sched_setaffinity(0, cores)
-            everything = sorted(pid for pid, _ in procs.tree({(job.pid, procs.start_time(job.pid) or 0)}))
-            found = helpers(everything)
-            missing = [m for m in HELPERS if m not in found]
-            if missing:
-                raise RuntimeError(f"no process of the idle job matches {missing}: has Ray renamed them?")
-            with Phases(everything, [pid for pids in found.values() for pid in pids], args.phase_s) as phases:
-                out = plain_loop(cfg, steps=args.steps, report_every=args.report_every, threads=args.threads,
-                                 images=images)
-        finally:
-            stop.touch()
-            try:
-                job.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                job.kill()
-            log.flush()
-            job_log = Path(log.name).read_text()[-2000:]
-        clean = job.returncode == 0
+    name = f"{args.json.stem}_ray_idle"  # its files (log, ready, stop) go next to the JSON
+    with idle_ray(args.threads, args.json.parent, name) as job:
+        if cores:  # only now: the job's processes must not inherit the pin
+            os.sched_setaffinity(0, cores)
+        everything = sorted(pid for pid, _ in procs.tree({(job.pid, procs.start_time(job.pid) or 0)}))
+        found = helpers(everything)
+        missing = [m for m in HELPERS if m not in found]
+        if missing:
+            raise RuntimeError(f"no process of the idle job matches {missing}: has Ray renamed them?")
+        with Phases(everything, [pid for pids in found.values() for pid in pids], args.phase_s) as phases:
+            out = plain_loop(cfg, steps=args.steps, report_every=args.report_every, threads=args.threads,
+                             images=images)
+    clean = job.returncode == 0
     rates = phase_rates(out["windows"], phases.timeline, args.settle_s)
     ratios = cycle_ratios(rates)
     cpu = {s: [c / (t1 - t0) for t0, t1, st, c in phases.timeline if st == s] for s in "ABC"}
@@ -202,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "median": {k: statistics.median(v) if v else None for k, v in ratios.items()},
         "phase_job_cpu_cores": [(st, c / (t1 - t0)) for t0, t1, st, c in phases.timeline],
         "job_cpu_cores": {s: statistics.median(v) if v else None for s, v in cpu.items()},
-        "job_ended_cleanly": clean, "job_log_tail": None if clean else job_log,
+        "job_ended_cleanly": clean, "job_log": str(args.json.parent / f"{name}.log"),
     }
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     m, c = result["median"], result["job_cpu_cores"]
