@@ -475,8 +475,8 @@ def bench_gpu(ctx: Ctx) -> list[Row]:
 BENCHMARKS = {"overhead": bench_overhead, "scaling": bench_scaling, "ingest": bench_ingest,
               "startup": bench_startup, "tune": bench_tune, "eval": bench_eval, "gpu": bench_gpu,
               "floor": bench_floor}
-DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]  # eval before tune; gpu: gpu_check.sh; floor:
-# an experiment on Ray's runtime, run on its own
+# eval before tune; gpu runs through gpu_check.sh; floor, an experiment on Ray's runtime, on its own
+DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]
 
 
 def main(argv: list[str] | None = None) -> int:

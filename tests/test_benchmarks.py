@@ -162,7 +162,7 @@ def test_phase_ratios_pair_each_cycle_and_leave_out_the_warm_up():
 
     timeline = [(10.0 * i, 10.0 * i + 10, state, 0.0) for i, state in enumerate("ABCCBA" * 3)]
     rate = {"A": 100.0, "B": 90.0, "C": 95.0}
-    windows = []  # (end, images, seconds): 1-s windows at each phase's rate, a slow one in the first
+    windows = []  # (end, images, seconds): 1-s windows at each phase's rate, half of it in the first phase
     for t0, _, state, _ in timeline:
         windows += [(t0 + k + 1, rate[state] * (0.5 if t0 == 0 else 1.0), 1.0) for k in range(10)]
     rates = phase_rates(windows, timeline, settle_s=2.0)
