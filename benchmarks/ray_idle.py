@@ -43,12 +43,11 @@ HELPERS = ("autoscaler/_private/monitor.py", "dashboard/dashboard.py", "_private
 def helpers(pids: list[int]) -> dict[str, list[int]]:
     """Those of `pids` whose command line carries one of HELPERS' marks, by mark (marks that
     match nothing are left out)."""
+    from ganray import procs
+
     found: dict[str, list[int]] = {}
     for pid in sorted(pids):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+        cmd = procs.command(pid) or ""
         for mark in HELPERS:
             if mark in cmd:
                 found.setdefault(mark, []).append(pid)

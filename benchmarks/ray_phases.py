@@ -42,19 +42,9 @@ for path in (REPO, REPO / "benchmarks"):
 
 from ray_idle import HELPERS, helpers
 
+from ganray import procs
+
 CYCLE = "ABCCBA"
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of `pids` (those still running), in seconds."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
 
 
 def send(pids: list[int], sig: int) -> None:
@@ -86,9 +76,9 @@ class Phases:
         while not self._stop.is_set():
             state = CYCLE[k % len(CYCLE)]
             self._enter(state)
-            t0, cpu0 = time.perf_counter(), cpu_seconds(self.everything)
+            t0, cpu0 = time.perf_counter(), procs.cpu_seconds(self.everything)
             self._stop.wait(self.phase_s)
-            self.timeline.append((t0, time.perf_counter(), state, cpu_seconds(self.everything) - cpu0))
+            self.timeline.append((t0, time.perf_counter(), state, procs.cpu_seconds(self.everything) - cpu0))
             k += 1
 
     def __enter__(self) -> Phases:
@@ -153,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     from common import ganray_cores, idle_ray
     from plain_loop import load_images, plain_loop
 
-    from ganray import procs
     from ganray.config import load_config
 
     cfg = load_config(None, args.overrides, preset=args.preset)

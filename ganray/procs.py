@@ -93,10 +93,21 @@ def _all_stats():
                 yield int(entry), stat
 
 
-def _name(pid: int) -> str:
-    """The process's command line as `ps` shows it (Ray sets its workers' to `ray::Name`)."""
+def command(pid: int) -> str | None:
+    """The process's command line as `ps` shows it (Ray sets its workers' to `ray::Name`); None
+    if it is gone."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
-        return "?"
-    return cmd[:200] or "?"
+        return None
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of those of `pids` still running, in seconds."""
+    stats = (_stat(pid) for pid in pids)
+    return sum(int(st[11]) + int(st[12]) for st in stats if st is not None) / os.sysconf("SC_CLK_TCK")
+
+
+def _name(pid: int) -> str:
+    """`command`, shortened for a message."""
+    return (command(pid) or "")[:200] or "?"

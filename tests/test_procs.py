@@ -66,3 +66,17 @@ def test_reap_returns_as_soon_as_everything_has_ended():
     assert procs.reap({proc}, grace_s=30) == []  # ended (a zombie until waited for counts as ended)
     assert time.monotonic() - t0 < 10
     quick.wait()
+
+
+def test_command_and_cpu_seconds_read_a_live_process_and_skip_a_gone_one():
+    child = subprocess.Popen([sys.executable, "-c", "import time; t = time.process_time()\n"
+                              "while time.process_time() - t < 0.3: pass"])
+    child.wait(timeout=30)
+    me = os.getpid()
+    assert "python" in (procs.command(me) or "")
+    assert procs.command(child.pid) is None  # reaped: gone
+    spent = procs.cpu_seconds([me])
+    t = time.process_time()
+    while time.process_time() - t < 0.2:
+        pass
+    assert procs.cpu_seconds([me, child.pid]) - spent >= 0.1  # the gone pid adds nothing, and fails nothing
