@@ -54,11 +54,13 @@ class TuneSession:
     min_report_interval_s = 0.0  # tune.report hands each result straight to the trial's runner
 
     def __init__(self, dataset):
+        import ray
         from ray import tune
 
         self._tune = tune
         self._dataset = dataset
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # The GPU Ray gave the trial (trial_resources), if any: never one it did not reserve.
+        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
 
     def get_checkpoint(self):
         return self._tune.get_checkpoint()

@@ -49,7 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--search-seed", type=int, help="seed of the searcher: the same seed samples the same trial configs")
     p.add_argument("--grace-kimg", type=float,
                    help="ASHA's first rung in kimg (default: the first evaluation, train.kimg / 6 at most)")
-    p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: from cluster resources)")
+    p.add_argument("--max-concurrent", type=int,
+                   help="concurrent trials (default: from cluster resources; not with --scheduler pbt, "
+                        "whose population is every trial)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers in each trial")
     p.add_argument("--target-fid", type=float, help="stop the whole search once a trial reaches this FID")
     p.add_argument("--name", help="experiment name: the folder <out>/<name>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,33 @@ def max_concurrent(workers_per_trial: int, use_gpu: bool) -> int:
 # inside the trial process (ganray.session.TuneSession); multi-worker trials use ASHA or FIFO.
 
 
+def trial_resources(inprocess: bool, use_gpu: bool) -> dict:
+    """What one trial reserves: a PBT trial trains itself (1 CPU, and its GPU); any other trial
+    only drives a Ray Train trainer, whose workers reserve their own."""
+    if inprocess:
+        return {"cpu": 1, "gpu": 1} if use_gpu else {"cpu": 1}
+    return {"cpu": DRIVER_CPU}
+
+
+def pbt_population_limit(streams: bool, use_gpu: bool) -> int:
+    """How many PBT trials may exist at once; 0: all of them.
+
+    PBT's population is the trials that exist together: Tune runs those the cluster fits and
+    gives the rest turns (it pauses a trial at a perturbation point while others wait), and a
+    worse trial can copy only a trial that has not finished. So every trial is created at once,
+    except when the dataset streams and the trials could take every CPU: Ray Data's tasks run
+    outside the trials' reservations and would wait for a free CPU for ever. Then only as many
+    trials exist as leave one CPU free, as for other schedulers.
+    """
+    import ray
+
+    res = ray.cluster_resources()
+    cpus = res.get("CPU", 1)
+    if not streams or (use_gpu and res.get("GPU", 0) < cpus):  # GPU trials leave CPUs free
+        return 0
+    return max(1, int(cpus - 1))
+
+
 def shares_inputs(space: dict) -> bool:
     """Whether every trial reads the same data and evaluates the same way (no data./eval. key searched)."""
     return not any(key.split(".", 1)[0] in ("data", "eval") for key in space)
@@ -72,7 +100,8 @@ def make_scheduler(name: str, max_kimg: float, grace_kimg: float, space: dict):
         # FID to rank trials (BENCHMARKS.md, "ASHA + early stopping").
         return ASHAScheduler(time_attr="kimg", max_t=max_kimg, grace_period=grace_kimg, reduction_factor=3)
     if name == "pbt":
-        mutations = {k: v for k, v in to_tune_space(space).items() if not isinstance(v, dict)}
+        # A grid key starts one trial per value and is mutated among its values, like a choice.
+        mutations = {k: v["grid_search"] if isinstance(v, dict) else v for k, v in to_tune_space(space).items()}
         return PopulationBasedTraining(time_attr="kimg", perturbation_interval=grace_kimg,
                                        hyperparam_mutations=mutations)
     if name == "fifo":
@@ -92,9 +121,18 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     from ray import tune
 
     from ganray import affinity
+    from ganray.data import is_cached
     from ganray.instance import ensure_ray, owns_ray_instance
     from ganray.launch import _use_gpu, load_inputs
 
+    inprocess = scheduler == "pbt"
+    if inprocess and workers_per_trial != 1:
+        raise ConfigError("--scheduler pbt runs single-worker trials (the worker lives in the trial so Tune can "
+                          "copy its checkpoints); use --workers-per-trial 1, or asha/fifo for multi-worker trials")
+    if inprocess and max_concurrent_trials:
+        raise ConfigError("--max-concurrent does not apply to --scheduler pbt: its population is every trial "
+                          "(--num-samples), created at once so that each can copy the others; Tune runs as many "
+                          "as the cluster fits and PBT gives the rest turns")
     base = base.model_copy(deep=True)
     base.train.workers = workers_per_trial
     base = tune_base_config(base, grace_kimg)
@@ -102,22 +140,18 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     ensure_ray(workers_per_trial)
     # Resolved here: the trials' drivers are Ray processes, which do not own the instance.
     base.train.cpu_affinity = "on" if affinity.resolve(base.train.cpu_affinity, owns_ray_instance()) else "off"
+    use_gpu = _use_gpu(base)
     root = storage_root(base.run.out)
     exp_dir = f"{root}/{name}"
     runs_dir = f"{exp_dir}/runs"
     stopper = GANStopper(**stopping)
     t0 = time.time()
-    inprocess = scheduler == "pbt"
-    if inprocess and workers_per_trial != 1:
-        raise ConfigError("--scheduler pbt runs single-worker trials (the worker lives in the trial so Tune can "
-                          "copy its checkpoints); use --workers-per-trial 1, or asha/fifo for multi-worker trials")
     # The dataset and the evaluation's real statistics, loaded once for the whole experiment when
     # no trial changes them (~6 s less start-up per trial, BENCHMARKS.md); the trials get them
     # through the object store.
     inputs = load_inputs(base) if shares_inputs(space) else None
-    # A PBT trial trains in its own process (1 CPU); otherwise the trial only drives a Ray Train trainer.
     trainable = tune.with_resources(tune.with_parameters(trial_driver, inputs=inputs),
-                                    {"cpu": 1 if inprocess else DRIVER_CPU})
+                                    trial_resources(inprocess, use_gpu))
     if resume:
         if not Path(exp_dir).is_dir():
             raise ConfigError(f"--resume: no experiment named {name!r} under {root}")
@@ -128,7 +162,14 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
         max_kimg = base.train.kimg or 1e9
         param_space = {**to_tune_space(space), "__base__": base.to_dict(), "__runs__": runs_dir,
                        "__inprocess__": inprocess}
-        concurrency = max_concurrent_trials or max_concurrent(workers_per_trial, _use_gpu(base))
+        if inprocess:
+            concurrency = pbt_population_limit(inputs is None or not is_cached(inputs.dataset), use_gpu)
+            if concurrency:
+                warnings.warn(f"--scheduler pbt: the dataset streams, and Ray Data needs a CPU the trials do not "
+                              f"hold, so only {concurrency} trial(s) exist at once: each population is that "
+                              f"many, and later trials cannot copy finished ones", stacklevel=2)
+        else:
+            concurrency = max_concurrent_trials or max_concurrent(workers_per_trial, use_gpu)
         sched = make_scheduler(scheduler, max_kimg, grace_kimg or base.eval.every_kimg, space)
         tuner = tune.Tuner(
             trainable,
