@@ -176,6 +176,10 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric="fid", mode="min", num_samples=num_samples,
+                # PBT restarts a trial at every exploit, and at every turn when the population
+                # outnumbers the cluster: in the same process, not a new one (BENCHMARKS.md, PBT).
+                # A trial that does not end within Tune's timeout gets a new process anyway.
+                reuse_actors=inprocess,
                 scheduler=sched,
                 search_alg=_searcher(searcher, seed, concurrency),
             ),
