@@ -20,6 +20,7 @@ before and after next to it; on a busy machine the numbers are noise, so read th
     ingest    (c) Ray Data vs torch DataLoader, with and without shuffling (benchmarks/data_ingest.py)
     startup   (d) command start -> first training step, with the phase breakdown from summary.json
     tune      (e) Tune trial start -> first training step, against the length of a default trial
+    pbt       a PBT search of 4 trials on fewer CPUs: wall time, pace and exploits
     eval      (f) FID evaluation's share of training time; frechet_distance on 2048-d statistics
     gpu       img/s plain vs ganray at 64 px, fp32 vs bf16, feature throughput (benchmarks/gpu_check.sh)
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -392,6 +394,38 @@ def bench_tune(ctx: Ctx) -> list[Row]:
     return rows
 
 
+def bench_pbt(ctx: Ctx) -> list[Row]:
+    """A PBT search whose population (4 trials) outnumbers the CPUs, so Tune gives trials turns
+    and every exploit or turn restarts one: the search's wall time and its pace, seconds per
+    evaluation interval trained (whatever PBT decided to copy)."""
+    s = ctx.size
+    search = ctx.out / "pbt.yaml"
+    search.write_text("space:\n  optim.lr_g: {grid: [0.0004, 0.0002, 0.0001, 0.00005]}\n")
+    batch = _batch(ctx.default_model())
+    kimg = ctx.every(4 * s.report, batch)
+    cmd = [sys.executable, "-m", "ganray.cli", "tune", "--preset", "mnist", "--data", ctx.source,
+           "--search", str(search), "--num-samples", "1", "--scheduler", "pbt", "--search-seed", "0",
+           "--out", str(ctx.out), "--name", "pbt", "--kimg", kimg]
+    for o in ctx.default_model()[1:] + [f"eval.fid_samples={min(s.fid_samples, 1024)}"]:
+        cmd += ["--set", o]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"ganray tune --scheduler pbt failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    exp = ctx.out / "pbt"
+    # Evaluations each trial trained itself (its run folder keeps its own rows up to a copied step).
+    evals = sum(sum(1 for r in _rows(m) if "fid" in r) for m in exp.glob("runs/*/metrics.csv"))
+    global_log = exp / "pbt_global.txt"
+    perturbations = len(global_log.read_text().splitlines()) if global_log.exists() else 0
+    trials = len(list(exp.glob("runs/*/metrics.csv")))
+    ctx.details["pbt"] = {"wall_s": wall, "evaluations": evals, "perturbations": perturbations, "trials": trials}
+    return [Row("pbt", "search wall time", wall, "s", note=f"{trials} trials of {float(kimg):g} kimg, {os.cpu_count()} CPUs"),
+            Row("pbt", "  seconds per evaluation interval trained", wall / evals if evals else None, "s",
+                note=f"{evals} evaluations"),
+            Row("pbt", "  perturbations (exploits)", perturbations, "")]
+
+
 def _batch(overrides: list[str]) -> int:
     from ganray.config import load_config
 
@@ -474,9 +508,9 @@ def bench_gpu(ctx: Ctx) -> list[Row]:
 
 BENCHMARKS = {"overhead": bench_overhead, "scaling": bench_scaling, "ingest": bench_ingest,
               "startup": bench_startup, "tune": bench_tune, "eval": bench_eval, "gpu": bench_gpu,
-              "floor": bench_floor}
+              "floor": bench_floor, "pbt": bench_pbt}
 # eval before tune; gpu runs through gpu_check.sh; floor, an experiment on Ray's runtime, on its own
-DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "scaling"]
+DEFAULT = ["overhead", "startup", "eval", "ingest", "tune", "pbt", "scaling"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,7 +535,6 @@ def main(argv: list[str] | None = None) -> int:
     if rounds < 1:
         print(f"run.py: error: --rounds must be at least 1, got {rounds}", file=sys.stderr)
         return 2
-    import os
 
     with tempfile.TemporaryDirectory(prefix="ganray-bench-") as tmp:
         out = args.keep or Path(tmp)
