@@ -176,6 +176,8 @@ def trial_driver(config: dict, inputs=None) -> None:
     ctx = ray.tune.get_context()
     cfg.run.name = ctx.get_trial_id()
     cfg.run.out = config["__runs__"]
+    if cfg.train.threads_per_worker is None and config.get("__threads__"):
+        cfg.train.threads_per_worker = config["__threads__"]  # the cores shared by the trials running at once
     # Resuming an errored or unfinished trial: Ray Train finds its snapshot under the same name.
     resume = (Path(cfg.run.out) / cfg.run.name).is_dir()
     p = prepare(cfg, resume=resume, inputs=inputs)

@@ -85,6 +85,24 @@ def pbt_population_limit(streams: bool, use_gpu: bool) -> int:
     return max(1, int(cpus - 1))
 
 
+def trial_threads(running: int, workers_per_trial: int) -> int:
+    """Torch threads per worker when the search leaves train.threads_per_worker unset: a node's
+    cores shared by the workers of the trials running on it at once. A single run's default
+    (every core of the node for each worker on it) would oversubscribe: 13 one-worker trials on
+    a 16-core node would run 208 threads. Nodes are taken as equal (the cluster's CPUs / nodes)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")] or [None]
+    node_cpus = int(ray.cluster_resources().get("CPU", 1) / len(nodes))
+    per_node = math.ceil(max(1, running) / len(nodes))
+    return max(1, node_cpus // (per_node * workers_per_trial))
+
+
+def population(space: dict, num_samples: int) -> int:
+    """Trials a search creates: num_samples for every point of the grid."""
+    return num_samples * math.prod(len(spec["grid"]) for spec in space.values() if "grid" in spec)
+
+
 def shares_inputs(space: dict) -> bool:
     """Whether every trial reads the same data and evaluates the same way (no data./eval. key searched)."""
     return not any(key.split(".", 1)[0] in ("data", "eval") for key in space)
@@ -133,6 +151,10 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
         raise ConfigError("--max-concurrent does not apply to --scheduler pbt: its population is every trial "
                           "(--num-samples), created at once so that each can copy the others; Tune runs as many "
                           "as the cluster fits and PBT gives the rest turns")
+    if inprocess and not shares_inputs(space):
+        raise ConfigError("--scheduler pbt cannot search data.* or eval.* keys: a trial copies another's checkpoint "
+                          "and goes on under its own values, so every trial must train on the same data and be "
+                          "ranked by the same evaluation; search them with asha or fifo")
     base = base.model_copy(deep=True)
     base.train.workers = workers_per_trial
     base = tune_base_config(base, grace_kimg)
@@ -163,13 +185,15 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
         param_space = {**to_tune_space(space), "__base__": base.to_dict(), "__runs__": runs_dir,
                        "__inprocess__": inprocess}
         if inprocess:
-            concurrency = pbt_population_limit(inputs is None or not is_cached(inputs.dataset), use_gpu)
+            concurrency = pbt_population_limit(not is_cached(inputs.dataset), use_gpu)
             if concurrency:
                 warnings.warn(f"--scheduler pbt: the dataset streams, and Ray Data needs a CPU the trials do not "
                               f"hold, so only {concurrency} trial(s) exist at once: each population is that "
                               f"many, and later trials cannot copy finished ones", stacklevel=2)
         else:
             concurrency = max_concurrent_trials or max_concurrent(workers_per_trial, use_gpu)
+        running = min(population(space, num_samples), concurrency or _slots(use_gpu))
+        param_space["__threads__"] = trial_threads(running, workers_per_trial)
         sched = make_scheduler(scheduler, max_kimg, grace_kimg or base.eval.every_kimg, space)
         tuner = tune.Tuner(
             trainable,
@@ -197,6 +221,14 @@ def run_tune(base: Config, space: dict, stopping: dict, *, name: str, num_sample
     if not resume and scheduler == "pbt":
         summary["pbt_perturbations"] = getattr(sched, "_num_perturbations", None)
     return summary
+
+
+def _slots(use_gpu: bool) -> int:
+    """PBT trials the cluster runs at once: one per GPU, or one per CPU."""
+    import ray
+
+    res = ray.cluster_resources()
+    return max(1, int(min(res.get("GPU", 0), res.get("CPU", 1)) if use_gpu else res.get("CPU", 1)))
 
 
 def _searcher(name: str | None, seed: int | None, max_concurrent: int):

@@ -179,6 +179,30 @@ def test_pbt_population_is_every_trial_unless_streaming_data_would_starve(monkey
         run_tune(base, {"optim.lr_g": {"grid": [1e-3]}}, {}, name="x", scheduler="pbt", max_concurrent_trials=2)
     with pytest.raises(ConfigError, match="--workers-per-trial 1"):
         run_tune(base, {"optim.lr_g": {"grid": [1e-3]}}, {}, name="x", scheduler="pbt", workers_per_trial=2)
+    with pytest.raises(ConfigError, match="cannot search data.. or eval.. keys"):
+        run_tune(base, {"eval.fid_samples": {"grid": [256, 512]}}, {}, name="x", scheduler="pbt")
+
+
+def test_trials_share_a_nodes_cores_instead_of_each_taking_all(monkeypatch):
+    import ray
+
+    from ganray.tune_run import population, trial_threads
+
+    def cluster(nodes: int, cpus_each: float):
+        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": cpus_each}}] * nodes
+                            + [{"Alive": False, "Resources": {"CPU": 64.0}}])
+        monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": nodes * cpus_each})
+
+    cluster(1, 2.0)
+    assert trial_threads(running=1, workers_per_trial=1) == 2  # one trial at a time: every core
+    assert trial_threads(running=2, workers_per_trial=1) == 1
+    cluster(1, 16.0)
+    assert trial_threads(running=13, workers_per_trial=1) == 1  # not 16 each: 208 threads
+    assert trial_threads(running=2, workers_per_trial=2) == 4
+    cluster(2, 16.0)
+    assert trial_threads(running=4, workers_per_trial=1) == 8  # two trials on each node
+    assert population({"optim.lr_g": {"grid": [1, 2, 3]}, "optim.beta1": {"grid": [0.0, 0.5]},
+                       "optim.lr_d": {"loguniform": [1e-4, 1e-3]}}, 2) == 12
 
 
 def test_pbt_exploits_checkpoints_of_single_worker_trials(ray_session, tmp_path, mnist_dir, mnist_classifier16):
