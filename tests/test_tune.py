@@ -209,9 +209,9 @@ def test_pbt_exploits_checkpoints_of_single_worker_trials(ray_session, tmp_path,
     from ganray.config import load_config
     from ganray.tune_run import run_tune
 
-    # 30 evaluations a trial (~5 s of training): the two trials must overlap for PBT to act, since
-    # a trial can copy only a live one and the second starts up to a few seconds after the first
-    # (with 6, the first once finished before the second's first result: no perturbation, a CI flake).
+    # 30 evaluations a trial (~20 s here): the two trials must overlap for PBT to act, since a
+    # trial can copy only a live one and the second starts up to a few seconds after the first
+    # (with 6, ~1 s, the first once finished before the second's first result: no exploit, a CI flake).
     base = load_config(None, ["data.source=" + str(mnist_dir), f"run.out={tmp_path}", "train.steps=null",
                               "train.kimg=1.92", "eval.features=classifier", "eval.fid_samples=256",
                               f"eval.classifier_path={mnist_classifier16}",
