@@ -354,21 +354,29 @@ def _first_step_after(run) -> float | None:
     return timing["first_step"] - run.popen_time if "first_step" in timing else None
 
 
-def bench_tune(ctx: Ctx) -> list[Row]:
-    s = ctx.size
-    search = ctx.out / "search.yaml"
-    search.write_text("space:\n  optim.lr_g: {grid: [0.0002, 0.00015, 0.0001, 0.00005]}\n")  # 4 sequential trials
-    batch = _batch(ctx.default_model())
-    every = ctx.every(s.report, batch)
-    cmd = [sys.executable, "-m", "ganray.cli", "tune", "--preset", "mnist", "--data", ctx.source,
-           "--search", str(search), "--num-samples", "1", "--scheduler", "fifo", "--max-concurrent", "1",
-           "--out", str(ctx.out), "--name", "tune", "--kimg", ctx.every(2 * s.report, batch)]
-    for o in ctx.default_model()[1:] + [f"eval.every_kimg={every}", f"eval.fid_samples={min(s.fid_samples, 2048)}"]:
+def _tune_cli(ctx: Ctx, name: str, lr_g: list[float], args: list[str], sets: list[str]) -> None:
+    """`ganray tune` on the mnist preset (the benchmark's model with --quick), one trial per
+    `optim.lr_g` value, into `<out>/<name>`; raises with its stderr if it fails."""
+    import yaml
+
+    search = ctx.out / f"{name}.yaml"
+    search.write_text(yaml.safe_dump({"space": {"optim.lr_g": {"grid": lr_g}}}))
+    cmd = [sys.executable, "-m", "ganray.cli", "tune", "--preset", "mnist", "--data", ctx.source, "--search", str(search),
+           "--num-samples", "1", "--out", str(ctx.out), "--name", name, *args]
+    for o in ctx.default_model()[1:] + sets:
         cmd += ["--set", o]
-    t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
-        raise RuntimeError(f"ganray tune failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"ganray tune ({name}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def bench_tune(ctx: Ctx) -> list[Row]:
+    s = ctx.size
+    batch = _batch(ctx.default_model())
+    t0 = time.time()
+    _tune_cli(ctx, "tune", [0.0002, 0.00015, 0.0001, 0.00005],  # 4 sequential trials
+              ["--scheduler", "fifo", "--max-concurrent", "1", "--kimg", ctx.every(2 * s.report, batch)],
+              [f"eval.every_kimg={ctx.every(s.report, batch)}", f"eval.fid_samples={min(s.fid_samples, 2048)}"])
     trials = [{**t, "start_to_first_step_s": t["breakdown"]["total_s"],
                "img_per_s": steady(_rows(t.pop("metrics")), batch)["img_per_s"]}
               for t in trial_startups(ctx.out / "tune" / "runs")]
@@ -399,20 +407,11 @@ def bench_pbt(ctx: Ctx) -> list[Row]:
     and every exploit or turn restarts one: the search's wall time and its pace, seconds per
     evaluation interval trained (whatever PBT decided to copy)."""
     s = ctx.size
-    search = ctx.out / "pbt.yaml"
-    search.write_text("space:\n  optim.lr_g: {grid: [0.0004, 0.0002, 0.0001, 0.00005]}\n")
-    batch = _batch(ctx.default_model())
-    kimg = ctx.every(4 * s.report, batch)
-    cmd = [sys.executable, "-m", "ganray.cli", "tune", "--preset", "mnist", "--data", ctx.source,
-           "--search", str(search), "--num-samples", "1", "--scheduler", "pbt", "--search-seed", "0",
-           "--out", str(ctx.out), "--name", "pbt", "--kimg", kimg]
-    for o in ctx.default_model()[1:] + [f"eval.fid_samples={min(s.fid_samples, 1024)}"]:
-        cmd += ["--set", o]
+    kimg = ctx.every(4 * s.report, _batch(ctx.default_model()))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    _tune_cli(ctx, "pbt", [0.0004, 0.0002, 0.0001, 0.00005], ["--scheduler", "pbt", "--search-seed", "0", "--kimg", kimg],
+              [f"eval.fid_samples={min(s.fid_samples, 1024)}"])
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"ganray tune --scheduler pbt failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     exp = ctx.out / "pbt"
     # Evaluations each trial trained itself (its run folder keeps its own rows up to a copied step).
     evals = sum(sum(1 for r in _rows(m) if "fid" in r) for m in exp.glob("runs/*/metrics.csv"))
