@@ -413,11 +413,12 @@ def bench_pbt(ctx: Ctx) -> list[Row]:
               [f"eval.fid_samples={min(s.fid_samples, 1024)}"])
     wall = time.perf_counter() - t0
     exp = ctx.out / "pbt"
+    metrics = list(exp.glob("runs/*/metrics.csv"))
     # Evaluations each trial trained itself (its run folder keeps its own rows up to a copied step).
-    evals = sum(sum(1 for r in _rows(m) if "fid" in r) for m in exp.glob("runs/*/metrics.csv"))
+    evals = sum(sum(1 for r in _rows(m) if "fid" in r) for m in metrics)
     global_log = exp / "pbt_global.txt"
     perturbations = len(global_log.read_text().splitlines()) if global_log.exists() else 0
-    trials = len(list(exp.glob("runs/*/metrics.csv")))
+    trials = len(metrics)
     ctx.details["pbt"] = {"wall_s": wall, "evaluations": evals, "perturbations": perturbations, "trials": trials}
     return [Row("pbt", "search wall time", wall, "s", note=f"{trials} trials of {float(kimg):g} kimg, {os.cpu_count()} CPUs"),
             Row("pbt", "  seconds per evaluation interval trained", wall / evals if evals else None, "s",

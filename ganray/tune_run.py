@@ -78,9 +78,8 @@ def pbt_population_limit(streams: bool, use_gpu: bool) -> int:
     """
     import ray
 
-    res = ray.cluster_resources()
-    cpus = res.get("CPU", 1)
-    if not streams or (use_gpu and res.get("GPU", 0) < cpus):  # GPU trials leave CPUs free
+    cpus = ray.cluster_resources().get("CPU", 1)
+    if not streams or _slots(use_gpu) < cpus:  # fewer GPUs than CPUs: the trials leave CPUs free
         return 0
     return max(1, int(cpus - 1))
 
